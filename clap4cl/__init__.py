@@ -1,0 +1,15 @@
+"""clap4cl: continual learning for vision-language models on Avalanche and open_clip.
+
+Core library (no training loops): CLIP loading, prompts and class text features, the
+frozen-feature cache, model modules, metrics, configuration and the CLI.
+"""
+from .backbones import FrozenCLIP, load_clip
+from .errors import ConfigError, DataNotFoundError, UserError
+from .feature_cache import FeatureCache
+from .prompts import class_text_features
+from .text_features import ClassTextFeatures
+
+__version__ = "0.1.0"
+
+__all__ = ["ClassTextFeatures", "ConfigError", "DataNotFoundError", "FeatureCache", "FrozenCLIP",
+           "UserError", "class_text_features", "load_clip"]

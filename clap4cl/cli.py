@@ -1,0 +1,107 @@
+"""The ``clap4cl`` command line: run, extract, report.
+
+Bad input exits with status 2 and one line on stderr; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import UserError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's own convention)
+        self.exit(EXIT_BAD_INPUT, f"clap4cl: error: {message} (see clap4cl {self.prog.split()[-1]} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clap4cl", description="Continual learning for CLIP models on Avalanche.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add_config_args(p):
+        p.add_argument("--config", help="YAML config file (default: the offline configs/default.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set dataset.n_experiences=5 (repeatable)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or per-step logs")
+
+    run = sub.add_parser("run", help="run one class-incremental experiment")
+    add_config_args(run)
+    run.add_argument("--output", help="run directory (default: runs/<dataset>-<method>-run<k>)")
+
+    extract = sub.add_parser("extract", help="fill the frozen-feature cache only")
+    add_config_args(extract)
+
+    report = sub.add_parser("report", help="aggregate run directories into a Markdown table")
+    report.add_argument("dirs", nargs="+", help="run directories (each with results.json)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "extract":
+            return _extract(args)
+        if args.command == "report":
+            return _report(args)
+    except UserError as exc:
+        print(f"clap4cl: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("clap4cl: interrupted; results of finished experiences are kept in the run directory",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_BAD_INPUT
+
+
+def _load(args):
+    from .config import default_config_path, load_config
+
+    path = args.config if args.config is not None else default_config_path()
+    config = load_config(path, args.overrides)
+    if args.quiet:
+        config["logging"]["progress"] = False
+    return config
+
+
+def _run(args) -> int:
+    from .experiment import run_experiment
+
+    config = _load(args)
+    output = Path(args.output) if args.output else Path("runs") / (
+        f"{config['dataset']['name']}-{config['method']}-run{config['run']}")
+    results = run_experiment(config, output)
+    print(f"avg incremental accuracy {results['avg_incremental_accuracy']:.4f}, "
+          f"last accuracy {results['last_accuracy']:.4f}; results in {output / 'results.json'}")
+    return 0
+
+
+def _extract(args) -> int:
+    from .experiment import build_benchmark, default_cache_dir, load_backbone, stream_text_features
+    from .feature_cache import FeatureCache
+
+    config = _load(args)
+    cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
+    backbone = load_backbone(config)
+    benchmark = build_benchmark(config, backbone, cache, progress=config["logging"]["progress"])
+    stream_text_features(config, benchmark, backbone, cache)
+    print(f"features of {config['dataset']['name']} are cached in {cache.root}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import markdown_report
+
+    print(markdown_report([Path(d) for d in args.dirs]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Errors that mean "the user asked for something wrong", as opposed to bugs.
+
+The CLI turns a :class:`UserError` into one line on stderr and exit status 2.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user: the message says what is wrong and what to do."""
+
+
+class ConfigError(UserError):
+    """A configuration key, type or value is invalid."""
+
+
+class DataNotFoundError(UserError):
+    """A dataset root is missing or empty."""

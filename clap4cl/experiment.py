@@ -1,0 +1,244 @@
+"""One class-incremental experiment from a resolved config: the engine of ``clap4cl run``."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from avalanche.training.determinism.rng_manager import RNGManager
+from torch.utils.data import ConcatDataset, DataLoader
+
+from . import metrics
+from .config import dump
+from .errors import UserError
+from .feature_cache import FeatureCache
+from .prompts import class_text_features
+
+SYNTHETIC_LOGIT_SCALE = 100.0
+
+
+def default_cache_dir() -> Path:
+    """``$CLAP4CL_CACHE`` or ``~/.cache/clap4cl``."""
+    return Path(os.environ.get("CLAP4CL_CACHE", Path.home() / ".cache" / "clap4cl"))
+
+
+class Timer:
+    """Accumulates wall-clock seconds per phase."""
+
+    def __init__(self):
+        self.seconds = {"extract": 0.0, "train": 0.0, "eval": 0.0}
+
+    def phase(self, name):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] += time.perf_counter() - self.start
+
+        return _Phase()
+
+
+def prepare_run_dir(output: Path, config: Dict[str, Any]) -> None:
+    """Create the run directory, refusing one that holds a different config."""
+    output.mkdir(parents=True, exist_ok=True)
+    saved = output / "config.yaml"
+    text = dump(config)
+    if saved.is_file() and saved.read_text() != text:
+        raise UserError(f"run directory {str(output)!r} holds a run with a different config: "
+                        f"choose another --output or delete that directory")
+    saved.write_text(text)
+
+
+def build_benchmark(config: Dict[str, Any], backbone, cache: FeatureCache, progress: bool):
+    """The feature-level class-incremental benchmark the config describes."""
+    import scenarios
+
+    ds = config["dataset"]
+    return scenarios.class_incremental(
+        ds["name"], n_experiences=ds["n_experiences"], run=config["run"], root=ds["root"],
+        class_order=ds["class_order"], first_experience_classes=ds["first_experience_classes"],
+        level="features", backbone=backbone, cache=cache, download=ds["download"],
+        progress=progress, batch_size=config["cache"]["batch_size"],
+        num_workers=config["cache"]["num_workers"], **ds["options"])
+
+
+def load_backbone(config: Dict[str, Any]):
+    """The frozen CLIP of the config, or None for the synthetic feature stream."""
+    from .backbones import load_clip
+
+    if config["dataset"]["name"] == "synthetic":
+        return None
+    bb = config["backbone"]
+    return load_clip(bb["arch"], bb["pretrained"], precision=bb["precision"], device=bb["device"])
+
+
+def stream_text_features(config, benchmark, backbone, cache: FeatureCache):
+    """Class text statistics of every class of the stream, in label order."""
+    if getattr(benchmark, "text_features", None) is not None:
+        return benchmark.text_features
+    templates = config["dataset"]["templates"] or benchmark.templates
+    return class_text_features(backbone, benchmark.class_names, templates, cache_dir=cache.root)
+
+
+def build_strategy(config, text_features, logit_scale, evaluator, plugins):
+    """The Avalanche strategy of ``config['method']``."""
+    import strategies
+
+    method = config["method"]
+    if method == "zeroshot":
+        return strategies.ZeroShotCLIP(
+            class_features=text_features.normalized, logit_scale=logit_scale,
+            eval_mb_size=config["eval"]["batch_size"], plugins=plugins, evaluator=evaluator)
+    builder = getattr(strategies, "build_from_config", None)
+    if builder is None:
+        raise UserError(f"method {method!r} is not available in this installation: use zeroshot")
+    return builder(config, text_features=text_features, logit_scale=logit_scale,
+                   evaluator=evaluator, plugins=plugins)
+
+
+def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
+    """Avalanche EvaluationPlugin with accuracy/loss metrics and the configured loggers."""
+    from avalanche.logging import InteractiveLogger, TensorboardLogger
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+
+    loggers = []
+    tensorboard = None
+    if progress:
+        loggers.append(InteractiveLogger())
+    if config["logging"]["tensorboard"]:
+        tensorboard = TensorboardLogger(tb_log_dir=str(output / "tensorboard"))
+        loggers.append(tensorboard)
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
+                                 loss_metrics(stream=True), loggers=loggers)
+    return evaluator, tensorboard
+
+
+@torch.no_grad()
+def predict_logits(model, datasets, batch_size: int, device: str = "cpu"):
+    """(logits, targets) of ``model`` over the concatenation of ``datasets``."""
+    model.eval()
+    loader = DataLoader(ConcatDataset(datasets), batch_size=batch_size, shuffle=False)
+    outs, ys = [], []
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        outs.append(model(x.to(device)).float().cpu())
+        ys.append(torch.as_tensor(y))
+    return torch.cat(outs).numpy(), torch.cat(ys).numpy()
+
+
+def evaluate_step(strategy, benchmark, step: int, config) -> Dict[str, Any]:
+    """Per-experience accuracy, step accuracy, ECE and novelty after training ``step``."""
+    test_stream = benchmark.test_stream
+    batch_size = config["eval"]["batch_size"]
+    per_exp = []
+    for k in range(step + 1):
+        logits, y = predict_logits(strategy.model, [test_stream[k].dataset.eval()], batch_size,
+                                   str(strategy.device))
+        per_exp.append((logits, y))
+    seen_logits = np.concatenate([l for l, _ in per_exp])
+    seen_y = np.concatenate([y for _, y in per_exp])
+    row = [float((l.argmax(1) == y).mean()) for l, y in per_exp]
+    out = {
+        "row": row,
+        "step_accuracy": float((seen_logits.argmax(1) == seen_y).mean()),
+        "ece": metrics.expected_calibration_error(seen_logits, seen_y),
+        "novelty": None,
+    }
+    if config["eval"]["novelty"] and step < len(test_stream) - 1:
+        future = [test_stream[k].dataset.eval() for k in range(step + 1, len(test_stream))]
+        ood_logits, _ = predict_logits(strategy.model, future, batch_size, str(strategy.device))
+        scores = metrics.novelty_metrics(metrics.energy_score(seen_logits),
+                                         metrics.energy_score(ood_logits))
+        out["novelty"] = {"step": step, "score": "energy", **scores}
+    return out
+
+
+def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, Any]],
+              timer: Timer, completed: int) -> Dict[str, Any]:
+    """The results.json document (DESIGN.md contract)."""
+    n_exp = len(benchmark.train_stream)
+    matrix = [row + [None] * (n_exp - len(row)) for row in rows]
+    step_acc = [s["step_accuracy"] for s in steps]
+    acc = [row for row in rows]
+    return {
+        "method": config["method"],
+        "dataset": config["dataset"]["name"],
+        "backbone": config["backbone"]["arch"] if config["dataset"]["name"] != "synthetic" else None,
+        "run": config["run"],
+        "n_experiences": n_exp,
+        "completed_experiences": completed,
+        "class_order": [int(c) for c in benchmark.class_order],
+        "classes_per_experience": [[int(c) for c in cls] for cls in benchmark.classes_per_experience],
+        "eval_context": config["eval"]["context"],
+        "accuracy_matrix": matrix,
+        "step_accuracy": step_acc,
+        "avg_incremental_accuracy": metrics.average_incremental_accuracy(step_acc) if step_acc else None,
+        "last_accuracy": step_acc[-1] if step_acc else None,
+        "bwt": metrics.backward_transfer(acc),
+        "forgetting": metrics.forgetting(acc),
+        "ece": [s["ece"] for s in steps],
+        "novelty": [s["novelty"] for s in steps if s["novelty"] is not None],
+        "timing": {k: round(v, 3) for k, v in timer.seconds.items()},
+    }
+
+
+def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] = None) -> Dict[str, Any]:
+    """Run one class-incremental experiment and write the run directory.
+
+    Returns the ``results.json`` document. ``results.json`` is rewritten after every
+    experience, so an interrupted run keeps what it finished.
+    """
+    output = Path(output)
+    progress = config["logging"]["progress"] if progress is None else progress
+    prepare_run_dir(output, config)
+    seed = config["run"] if config["seed"] is None else config["seed"]
+    RNGManager.set_random_seeds(seed)
+    timer = Timer()
+    cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
+    with timer.phase("extract"):
+        backbone = load_backbone(config)
+        benchmark = build_benchmark(config, backbone, cache, progress)
+        text = stream_text_features(config, benchmark, backbone, cache)
+    logit_scale = backbone.logit_scale if backbone is not None else SYNTHETIC_LOGIT_SCALE
+    evaluator, tensorboard = make_evaluator(output, config, progress)
+    strategy = build_strategy(config, text, logit_scale, evaluator, plugins=[])
+    rows, steps, results = [], [], {}
+    for step, experience in enumerate(benchmark.train_stream):
+        with timer.phase("train"):
+            strategy.train(experience)
+        with timer.phase("eval"):
+            strategy.eval(benchmark.test_stream[: step + 1])
+            evaluated = evaluate_step(strategy, benchmark, step, config)
+        rows.append(evaluated["row"])
+        steps.append(evaluated)
+        _log_step(tensorboard, step, evaluated)
+        results = summarise(config, benchmark, rows, steps, timer, completed=step + 1)
+        write_json_atomic(output / "results.json", results)
+    if tensorboard is not None:
+        tensorboard.writer.flush()
+    return results
+
+
+def _log_step(tensorboard, step: int, evaluated: Dict[str, Any]) -> None:
+    if tensorboard is None:
+        return
+    writer = tensorboard.writer
+    writer.add_scalar("summary/step_accuracy", evaluated["step_accuracy"], step)
+    writer.add_scalar("summary/ece", evaluated["ece"], step)
+    if evaluated["novelty"]:
+        for name in ("auroc", "aupr", "fpr95"):
+            writer.add_scalar(f"novelty/energy_{name}", evaluated["novelty"][name], step)

@@ -1,0 +1,208 @@
+"""On-disk cache of frozen image features.
+
+Every image is encoded once per view (train: original and horizontally flipped; test:
+original) and stored as an fp16 ``.npy`` file that is later opened memory-mapped. A
+file is keyed by everything that changes its content: backbone identity (architecture,
+weights, precision), dataset fingerprint, split, view and preprocessing.
+
+Safety:
+- writes go to a temporary file that is renamed into place only when complete, and a
+  sidecar ``.json`` with the shape and a checksum is written last, so a killed
+  extraction never leaves a file that is read as valid;
+- a truncated or corrupt file (wrong shape, bad checksum, unreadable) is detected,
+  reported with a warning and rebuilt;
+- an exclusive file lock serialises extractions of the same entry across processes;
+  the second process then finds the finished entry and reuses it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+FORMAT_VERSION = 1
+TRAIN_VIEWS = ("original", "flip")
+TEST_VIEWS = ("original",)
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that determines the content of one cached feature file."""
+
+    backbone: str
+    dataset: str
+    split: str
+    view: str
+    preprocessing: str
+
+    def digest(self) -> str:
+        payload = json.dumps([FORMAT_VERSION, self.backbone, self.dataset, self.split,
+                              self.view, self.preprocessing])
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+    def as_dict(self) -> dict:
+        return {"backbone": self.backbone, "dataset": self.dataset, "split": self.split,
+                "view": self.view, "preprocessing": self.preprocessing}
+
+
+class FeatureCache:
+    """A directory of cached features; see the module docstring for the guarantees.
+
+    Attributes:
+        extracted_images: number of images encoded by this object (tests use it to
+            check that a warm cache never calls the encoder).
+    """
+
+    def __init__(self, root):
+        self.root = Path(root).expanduser()
+        self.extracted_images = 0
+
+    # ---- paths -------------------------------------------------------------------
+    def data_path(self, key: CacheKey) -> Path:
+        return self.root / "features" / f"{key.split}-{key.view}-{key.digest()}.npy"
+
+    def meta_path(self, key: CacheKey) -> Path:
+        return self.data_path(key).with_suffix(".json")
+
+    def _lock_path(self, keys: Sequence[CacheKey]) -> Path:
+        return self.data_path(keys[0]).with_suffix(".lock")
+
+    # ---- reading -----------------------------------------------------------------
+    def load(self, key: CacheKey, expected_rows: Optional[int] = None) -> Optional[np.ndarray]:
+        """The cached (N, D) fp16 features as a read-only memory map, or None.
+
+        A file that exists but fails validation is removed with a warning.
+        """
+        data, meta = self.data_path(key), self.meta_path(key)
+        if not meta.is_file():
+            if data.exists():
+                self._discard(key, "it has no completion record (interrupted write)")
+            return None
+        problem = self._validate(key, expected_rows)
+        if problem:
+            self._discard(key, problem)
+            return None
+        return np.load(data, mmap_mode="r")
+
+    def _validate(self, key: CacheKey, expected_rows: Optional[int]) -> Optional[str]:
+        try:
+            meta = json.loads(self.meta_path(key).read_text())
+            if meta.get("key") != key.as_dict():
+                return "its record belongs to another key"
+            array = np.load(self.data_path(key), mmap_mode="r")
+        except (OSError, ValueError, json.JSONDecodeError) as exc:
+            return f"it cannot be read ({type(exc).__name__}: {exc})"
+        if list(array.shape) != meta.get("shape") or array.dtype != np.float16:
+            return f"its shape {array.shape} does not match the record {meta.get('shape')}"
+        if expected_rows is not None and array.shape[0] != expected_rows:
+            return f"it has {array.shape[0]} rows but the dataset has {expected_rows}"
+        if _checksum(array) != meta.get("checksum"):
+            return "its checksum does not match (corrupt file)"
+        return None
+
+    def _discard(self, key: CacheKey, reason: str) -> None:
+        warnings.warn(f"feature cache entry {self.data_path(key).name} is invalid because "
+                      f"{reason}; rebuilding it", RuntimeWarning, stacklevel=3)
+        for path in (self.meta_path(key), self.data_path(key)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # ---- writing -----------------------------------------------------------------
+    def get_or_extract(self, backbone, dataset: Dataset, *, dataset_id: str, split: str,
+                       views: Sequence[str] = TEST_VIEWS, batch_size: int = 128,
+                       num_workers: int = 0, progress: bool = True) -> Dict[str, np.ndarray]:
+        """Features of every image of ``dataset`` for each view, extracting what is missing.
+
+        ``dataset`` yields ``(image tensor, label)`` already preprocessed with the
+        backbone's test pipeline; the ``flip`` view is the horizontally flipped tensor.
+        """
+        keys = {v: self.key(backbone, dataset_id, split, v) for v in views}
+        found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
+        if all(a is not None for a in found.values()):
+            return found
+        self.root.joinpath("features").mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(self._lock_path(list(keys.values()))):
+            found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
+            todo = [v for v, a in found.items() if a is None]
+            if todo:
+                self._extract(backbone, dataset, {v: keys[v] for v in todo},
+                              batch_size, num_workers, progress, f"{dataset_id} {split}")
+                found.update({v: self.load(keys[v], len(dataset)) for v in todo})
+        return found
+
+    @staticmethod
+    def key(backbone, dataset_id: str, split: str, view: str) -> CacheKey:
+        return CacheKey(backbone.identity, dataset_id, split, view, repr(backbone.preprocess_test))
+
+    def _extract(self, backbone, dataset, keys: Dict[str, CacheKey], batch_size,
+                 num_workers, progress, label) -> None:
+        n, dim = len(dataset), backbone.embed_dim
+        tmp_paths = {v: self.data_path(k).with_suffix(f".tmp{os.getpid()}.npy") for v, k in keys.items()}
+        arrays = {v: np.lib.format.open_memmap(p, mode="w+", dtype=np.float16, shape=(n, dim))
+                  for v, p in tmp_paths.items()}
+        try:
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                num_workers=num_workers)
+            start = 0
+            bar = tqdm(total=n, desc=f"extract {label}", unit="img", disable=not progress,
+                       leave=False)
+            for images, _ in loader:
+                stop = start + len(images)
+                for view, array in arrays.items():
+                    batch = torch.flip(images, dims=[-1]) if view == "flip" else images
+                    array[start:stop] = backbone.encode_images(batch).numpy().astype(np.float16)
+                self.extracted_images += len(images)
+                bar.update(len(images))
+                start = stop
+            bar.close()
+            for view, array in arrays.items():
+                array.flush()
+                checksum = _checksum(array)
+                del array
+                self._commit(keys[view], tmp_paths[view], (n, dim), checksum)
+        finally:
+            arrays.clear()
+            for p in tmp_paths.values():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def _commit(self, key: CacheKey, tmp: Path, shape, checksum: str) -> None:
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.data_path(key))
+        record = {"key": key.as_dict(), "shape": list(shape), "dtype": "float16",
+                  "checksum": checksum, "format": FORMAT_VERSION}
+        meta_tmp = self.meta_path(key).with_suffix(f".tmp{os.getpid()}")
+        meta_tmp.write_text(json.dumps(record, indent=1))
+        os.replace(meta_tmp, self.meta_path(key))
+
+
+def _checksum(array: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    # reshape of a C-contiguous memory map is a view: the file is read in chunks
+    flat = np.asarray(array).reshape(-1).view(np.uint8)
+    step = 1 << 24
+    for start in range(0, flat.size, step):
+        digest.update(flat[start:start + step])
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,77 @@
+"""Continual-learning, calibration and novelty-detection metrics on plain arrays.
+
+All accuracies are fractions in [0, 1]. ``acc[t][k]`` is the accuracy on experience k's
+test data after training experience t (None where k > t).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+ECE_BINS = 15
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def expected_calibration_error(logits: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Dataset-level top-label ECE with equal-width bins (torchmetrics' L1 definition).
+
+    ECE = Σ_b (n_b / N) · |accuracy_b − mean confidence_b| over bins (i/n, (i+1)/n].
+    """
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(targets)).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(total)
+
+
+def average_incremental_accuracy(step_accuracy: Sequence[float]) -> float:
+    return float(np.mean(step_accuracy))
+
+
+def backward_transfer(acc: List[List[Optional[float]]]) -> Optional[float]:
+    """Mean over k < T−1 of acc[T−1][k] − acc[k][k]; None for a single experience."""
+    last = len(acc) - 1
+    if last < 1:
+        return None
+    return float(np.mean([acc[last][k] - acc[k][k] for k in range(last)]))
+
+
+def forgetting(acc: List[List[Optional[float]]]) -> Optional[float]:
+    """Mean over k < T−1 of max_{k ≤ t < T−1} acc[t][k] − acc[T−1][k]."""
+    last = len(acc) - 1
+    if last < 1:
+        return None
+    drops = [max(acc[t][k] for t in range(k, last)) - acc[last][k] for k in range(last)]
+    return float(np.mean(drops))
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """logsumexp over classes: higher means more in-distribution."""
+    logits = np.asarray(logits, dtype=np.float64)
+    m = logits.max(axis=1)
+    return m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
+
+
+def novelty_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict:
+    """AUROC and AUPR with in-distribution as the positive class, and FPR at 95 % TPR."""
+    y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+    s = np.concatenate([id_scores, ood_scores])
+    fpr, tpr, _ = roc_curve(y, s)
+    return {
+        "auroc": float(roc_auc_score(y, s)),
+        "aupr": float(average_precision_score(y, s)),
+        "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+    }

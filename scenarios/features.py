@@ -1,0 +1,75 @@
+"""Feature-level datasets: frozen CLIP features instead of images.
+
+Training on cached features picks one of the train views (original, flipped) uniformly
+at random per sample and access, which is exactly the reference's RandomHorizontalFlip
+on a deterministic resize + centre crop (spec 9.2 item 1).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class FeatureDataset(Dataset):
+    """Precomputed image features with one or more views per sample.
+
+    Args:
+        views: sequence of (N, D) arrays or tensors (may be fp16 memory maps); view 0 is
+            the original image, the others augmented views (the horizontal flip).
+        targets: N integer labels.
+        train: when True each access returns a view drawn uniformly at random with
+            torch's global RNG (so seeding torch makes epochs reproducible); when
+            False it always returns view 0.
+
+    Items are ``(float32 tensor of shape (D,), int label)``.
+    """
+
+    def __init__(self, views: Sequence, targets, train: bool):
+        if not views:
+            raise ValueError("FeatureDataset needs at least one view")
+        n = len(views[0])
+        if any(len(v) != n for v in views):
+            raise ValueError("all views must have the same number of samples")
+        if len(targets) != n:
+            raise ValueError(f"{len(targets)} targets for {n} samples")
+        self.views = list(views)
+        self.targets = [int(t) for t in targets]
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        view = 0
+        if self.train and len(self.views) > 1:
+            view = int(torch.randint(len(self.views), ()).item())
+        row = self.views[view][index]
+        return torch.as_tensor(np.asarray(row, dtype=np.float32)), self.targets[index]
+
+    @property
+    def dim(self) -> int:
+        return int(self.views[0].shape[1])
+
+
+def to_feature_splits(splits, backbone, cache, *, batch_size: int = 128,
+                      num_workers: int = 0, progress: bool = True):
+    """Encode (or load from ``cache``) a dataset's images and wrap them as feature datasets.
+
+    The train split is encoded in two views (original and horizontally flipped), the
+    test split in one. Returns ``(train FeatureDataset, test FeatureDataset)``.
+    """
+    from clap4cl.feature_cache import TEST_VIEWS, TRAIN_VIEWS
+
+    def encode(dataset, split, views):
+        found = cache.get_or_extract(
+            backbone, dataset.with_transform(backbone.preprocess_test),
+            dataset_id=splits.fingerprint, split=split, views=views,
+            batch_size=batch_size, num_workers=num_workers, progress=progress)
+        return [found[v] for v in views]
+
+    train = FeatureDataset(encode(splits.train, "train", TRAIN_VIEWS), splits.train.targets, train=True)
+    test = FeatureDataset(encode(splits.test, "test", TEST_VIEWS), splits.test.targets, train=False)
+    return train, test
