@@ -113,7 +113,10 @@ def set_key(config: Dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict) or part not in node:
             raise ConfigError(_unknown_key_message(dotted, node if isinstance(node, dict) else {}, prefix))
         if depth == len(parts) - 1:
-            node[part] = value
+            if isinstance(node[part], dict) and node[part] and isinstance(value, dict):
+                merge(node[part], value, prefix=f"{dotted}.")  # a section: merge, keep siblings
+            else:
+                node[part] = value
         else:
             node = node[part]
 
@@ -146,6 +149,10 @@ def _check_types(config, reference, prefix) -> None:
         full = f"{prefix}{key}"
         value = config[key]
         if isinstance(default, dict) and default:
+            if not isinstance(value, dict):
+                keys = ", ".join(f"{full}.{k}" for k in default)
+                raise ConfigError(f"{full} must be a mapping of its keys ({keys}), "
+                                  f"got {type(value).__name__} {value!r}")
             _check_types(value, default, f"{full}.")
             continue
         if value is None and default is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 ECE_BINS = 15
@@ -20,20 +21,26 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def expected_calibration_error(logits: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """Dataset-level top-label ECE with equal-width bins (torchmetrics' L1 definition).
+    """Dataset-level top-label ECE with equal-width bins, as torchmetrics'
+    ``MulticlassCalibrationError(norm="l1")`` computes it.
 
-    ECE = Σ_b (n_b / N) · |accuracy_b − mean confidence_b| over bins (i/n, (i+1)/n].
+    ECE = Σ_b (n_b / N) · |accuracy_b − mean confidence_b|. Like torchmetrics, the
+    softmax runs in the logits' dtype, confidences are rounded to float32, bins are
+    [i/n, (i+1)/n) and a confidence of exactly 1.0 (saturated logits) has a bin of its own.
     """
-    probs = softmax(np.asarray(logits, dtype=np.float64))
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == np.asarray(targets)).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    x = torch.as_tensor(np.asarray(logits))
+    if not x.is_floating_point():
+        x = x.double()
+    confidence, prediction = x.softmax(dim=1).max(dim=1)
+    confidence = confidence.float()
+    correct = prediction.eq(torch.as_tensor(np.asarray(targets))).numpy().astype(np.float64)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
+    bins = (torch.bucketize(confidence, edges, right=True) - 1).numpy()
+    confidence = confidence.numpy().astype(np.float64)
     total = 0.0
-    for b in range(n_bins):
+    for b in np.unique(bins):
         in_bin = bins == b
-        if in_bin.any():
-            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+        total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(total)
 
 

@@ -7,6 +7,7 @@ rerun of it) never re-encodes a class it has already seen.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -82,7 +83,7 @@ class _DiskTextCache:
         stored = self.load_all()
         stored.update(new)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{id(self)}")
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         torch.save(stored, tmp)
         tmp.replace(self.path)
 
