@@ -38,13 +38,14 @@ def bare_encoder_seconds(backbone, datasets_and_views, batch_size):
     return time.perf_counter() - start, n
 
 
-def extraction_seconds(backbone, splits, datasets_and_views, batch_size):
+def extraction_seconds(backbone, splits, datasets_and_views, batch_size, num_workers):
     with tempfile.TemporaryDirectory() as root:
         cache = FeatureCache(root)
         start = time.perf_counter()
         for (dataset, views), split in zip(datasets_and_views, ("train", "test")):
             cache.get_or_extract(backbone, dataset, dataset_id=splits.fingerprint, split=split,
-                                 views=views, batch_size=batch_size, progress=False)
+                                 views=views, batch_size=batch_size, num_workers=num_workers,
+                                 progress=False)
         return time.perf_counter() - start, cache
 
 
@@ -53,6 +54,8 @@ def main():
     parser.add_argument("--arch", default="tiny-vit")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="DataLoader workers decoding and preprocessing images during extraction")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     backbone = load_clip(args.arch)
@@ -61,9 +64,10 @@ def main():
              (splits.test.with_transform(backbone.preprocess_test), TEST_VIEWS)]
     backbone.encode_images(torch.zeros(2, 3, backbone.image_size, backbone.image_size))  # warm-up
     bare, n_images = bare_encoder_seconds(backbone, pairs, args.batch_size)
-    extract, _ = extraction_seconds(backbone, splits, pairs, args.batch_size)
+    extract, _ = extraction_seconds(backbone, splits, pairs, args.batch_size, args.num_workers)
     print(f"dataset {args.dataset}, backbone {args.arch}, {n_images} encoder passes "
-          f"(train x2 views + test), batch {args.batch_size}, {torch.get_num_threads()} threads")
+          f"(train x2 views + test), batch {args.batch_size}, "
+          f"{args.num_workers} loader workers, {torch.get_num_threads()} threads")
     print("| what | seconds | images/s |")
     print("|---|---|---|")
     print(f"| bare encoder forward | {bare:.2f} | {n_images / bare:.0f} |")

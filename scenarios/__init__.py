@@ -1,0 +1,164 @@
+"""Datasets, class orders and class-incremental Avalanche benchmarks.
+
+Main entry point: :func:`class_incremental`. Dataset loaders live in ``DATASETS``
+(:mod:`scenarios.registry`); the seeded class orders in :mod:`scenarios.class_order`.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+from clap4cl.errors import UserError
+
+from .base import ArrayImageDataset, DatasetSplits, FileImageDataset, ImageDataset
+from .class_order import classes_per_experience, default_class_order, validate_class_order
+from .registry import (DATASETS, FEATURE_DATASETS, available_datasets, canonical_name,
+                       get_dataset_splits, get_feature_dataset)
+from .synthetic import SyntheticFeatures, make_synthetic
+
+LEVELS = ("image", "features")
+
+__all__ = ["ArrayImageDataset", "DATASETS", "DatasetSplits", "FEATURE_DATASETS",
+           "FileImageDataset", "ImageDataset", "LEVELS", "SyntheticFeatures",
+           "available_datasets", "class_incremental", "classes_per_experience",
+           "default_class_order", "get_dataset_splits", "get_feature_dataset", "make_synthetic",
+           "resolve_class_order", "validate_class_order"]
+
+
+def resolve_class_order(n_classes: int, run: int = 0,
+                        class_order: Optional[Sequence[int]] = None) -> List[int]:
+    """``class_order`` validated, or the seeded order ``RandomState(1993 + run)``."""
+    if class_order is None:
+        return default_class_order(n_classes, run)
+    return validate_class_order(class_order, n_classes)
+
+
+def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
+                      class_order: Optional[Sequence[int]] = None,
+                      first_experience_classes: Optional[int] = None, level: str = "image",
+                      backbone=None, cache=None, train_transform: Optional[Callable] = None,
+                      eval_transform: Optional[Callable] = None, progress: bool = True,
+                      batch_size: int = 128, num_workers: int = 0, **dataset_kwargs):
+    """A class-incremental Avalanche benchmark (``nc_benchmark``, no task labels).
+
+    Labels are remapped so that label i is original class ``class_order[i]``.
+
+    Args:
+        name: a registered dataset (``scenarios.available_datasets()``).
+        n_experiences: number of experiences.
+        run: selects the seeded class order ``RandomState(1993 + run).permutation(n)``.
+        root: data folder (see each loader); None = the dataset's default.
+        class_order: explicit permutation of the original class ids (overrides ``run``).
+        first_experience_classes: classes of the first experience; the rest are split
+            equally. None = equal increments.
+        level: ``"image"`` (items are preprocessed images) or ``"features"`` (items are
+            frozen CLIP features from ``scenarios.features.to_feature_splits``, which
+            needs ``backbone`` and uses ``cache``). ``synthetic`` is always features.
+        backbone: a :class:`clap4cl.FrozenCLIP`; at image level its
+            ``preprocess_train`` / ``preprocess_test`` are the default transforms.
+        cache: a :class:`clap4cl.FeatureCache` for ``level="features"`` (None = the
+            default cache directory).
+        train_transform, eval_transform: image-level transforms (override the backbone's;
+            with neither, items are PIL images).
+        progress, batch_size, num_workers: feature extraction settings.
+        **dataset_kwargs: options of the dataset loader (e.g. ``download=True`` for
+            CIFAR, ``n_classes=20`` for synthetic).
+
+    Returns:
+        An Avalanche ``NCScenario`` with the extra attributes ``dataset_name``,
+        ``class_order`` (original ids), ``class_names`` (label order), ``templates``,
+        ``text_features`` (label order for ``synthetic``, else None),
+        ``classes_per_experience`` (lists of labels), ``level`` and ``fingerprint``.
+    """
+    key = canonical_name(name)
+    if key in FEATURE_DATASETS:
+        return _synthetic_benchmark(key, n_experiences, run, root, class_order,
+                                    first_experience_classes, dataset_kwargs)
+    if level not in LEVELS:
+        raise UserError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if level == "features" and backbone is None:
+        raise UserError("level='features' needs a backbone: pass backbone=clap4cl.load_clip(...)")
+    splits = get_dataset_splits(key, root, **dataset_kwargs)
+    order, sizes = _plan_stream(splits.n_classes, n_experiences, run, class_order,
+                                first_experience_classes, splits.train.targets,
+                                splits.test.targets)
+    if level == "image":
+        train, test = _image_level(splits, backbone, train_transform, eval_transform)
+    else:
+        train, test = _feature_level(splits, backbone, cache, progress, batch_size, num_workers)
+    benchmark = _nc_benchmark(train, test, order, sizes)
+    return _annotate(benchmark, key, order, sizes, [splits.class_names[c] for c in order],
+                     splits.templates, None, level, splits.fingerprint)
+
+
+def _plan_stream(n_classes, n_experiences, run, class_order, first_experience_classes,
+                 train_targets, test_targets):
+    """(class order, classes per experience), validated before any expensive work."""
+    order = resolve_class_order(n_classes, run, class_order)
+    sizes = classes_per_experience(n_classes, n_experiences, first_experience_classes)
+    for split, targets in (("training", train_targets), ("test", test_targets)):
+        absent = sorted(set(range(n_classes)) - {int(t) for t in targets})
+        if absent:
+            raise UserError(f"classes {absent[:10]} have no {split} images: a class-incremental "
+                            f"stream needs every class in both splits")
+    return order, sizes
+
+
+def _image_level(splits: DatasetSplits, backbone, train_transform, eval_transform):
+    if train_transform is None and backbone is not None:
+        train_transform = backbone.preprocess_train
+    if eval_transform is None and backbone is not None:
+        eval_transform = backbone.preprocess_test
+    return splits.train.with_transform(train_transform), splits.test.with_transform(eval_transform)
+
+
+def _feature_level(splits: DatasetSplits, backbone, cache, progress, batch_size, num_workers):
+    from clap4cl.feature_cache import FeatureCache
+
+    from .features import to_feature_splits
+
+    if cache is None:
+        from clap4cl.experiment import default_cache_dir
+
+        cache = FeatureCache(default_cache_dir())
+    return to_feature_splits(splits, backbone, cache, batch_size=batch_size,
+                             num_workers=num_workers, progress=progress)
+
+
+def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_experience_classes,
+                         dataset_kwargs):
+    from .features import FeatureDataset
+
+    data = get_feature_dataset(key, root, **dataset_kwargs)
+    order, sizes = _plan_stream(data.n_classes, n_experiences, run, class_order,
+                                first_experience_classes, data.train_targets.tolist(),
+                                data.test_targets.tolist())
+    train = FeatureDataset([data.train_features, data.train_features_flip],
+                           data.train_targets.tolist(), train=True)
+    test = FeatureDataset([data.test_features], data.test_targets.tolist(), train=False)
+    benchmark = _nc_benchmark(train, test, order, sizes)
+    text = data.text_features.select(order)
+    return _annotate(benchmark, key, order, sizes, list(text.class_names), (), text,
+                     "features", data.fingerprint)
+
+
+def _nc_benchmark(train, test, order: List[int], sizes: List[int]):
+    from avalanche.benchmarks import nc_benchmark
+
+    per_exp = {0: sizes[0]} if len(set(sizes)) > 1 else None
+    return nc_benchmark(train, test, n_experiences=len(sizes), task_labels=False,
+                        fixed_class_order=order, class_ids_from_zero_from_first_exp=True,
+                        per_exp_classes=per_exp)
+
+
+def _annotate(benchmark, name, order, sizes, class_names, templates, text_features, level,
+              fingerprint):
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    benchmark.dataset_name = name
+    benchmark.class_order = list(order)
+    benchmark.class_names = list(class_names)
+    benchmark.templates = tuple(templates)
+    benchmark.text_features = text_features
+    benchmark.classes_per_experience = [list(range(s, s + n)) for s, n in zip(starts, sizes)]
+    benchmark.level = level
+    benchmark.fingerprint = fingerprint
+    return benchmark

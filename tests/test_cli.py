@@ -1,0 +1,113 @@
+"""The clap4cl command line: the default run, its contracts and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clap4cl.cli import main
+
+
+def run_cli(*args, cwd=None, env_cache=None):
+    env = dict(os.environ)
+    if env_cache is not None:
+        env["CLAP4CL_CACHE"] = str(env_cache)
+    return subprocess.run([sys.executable, "-m", "clap4cl.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    proc = run_cli("run", "--quiet", "--output", str(root / "run"), cwd=root, env_cache=root / "cache")
+    return proc, root
+
+
+def test_default_run_writes_the_contract(default_run):
+    proc, root = default_run
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((root / "run" / "results.json").read_text())
+    assert results["method"] == "zeroshot" and results["dataset"] == "digits"
+    assert results["n_experiences"] == 5 and results["completed_experiences"] == 5
+    flat = [c for exp in results["classes_per_experience"] for c in exp]
+    assert sorted(flat) == list(range(10))
+    matrix = results["accuracy_matrix"]
+    for t, row in enumerate(matrix):
+        assert all(v is None for v in row[t + 1:]) and all(0 <= v <= 1 for v in row[: t + 1])
+    assert len(results["step_accuracy"]) == 5 and len(results["ece"]) == 5
+    assert results["last_accuracy"] == results["step_accuracy"][-1]
+    assert [n["step"] for n in results["novelty"]] == [0, 1, 2, 3]
+    assert all(0 <= n["auroc"] <= 1 for n in results["novelty"])
+    assert set(results["timing"]) == {"extract", "train", "eval"}
+    assert (root / "run" / "config.yaml").is_file()
+    assert any((root / "run" / "tensorboard").rglob("events.out.tfevents*"))
+
+
+def test_zero_shot_matrix_columns_do_not_change_with_training(default_run):
+    # Zero-shot learns nothing, and an experience's own classes are always among the
+    # candidates, yet new classes compete: accuracy on experience 0 can only drop or stay.
+    _, root = default_run
+    matrix = json.loads((root / "run" / "results.json").read_text())["accuracy_matrix"]
+    col0 = [row[0] for row in matrix]
+    assert all(b <= a + 1e-12 for a, b in zip(col0, col0[1:]))
+
+
+def test_rerun_with_warm_cache_does_not_extract(default_run, tmp_path):
+    _, root = default_run
+    files = sorted((root / "cache" / "features").glob("*.npy"))
+    assert len(files) == 3  # train original + train flip + test original
+    stamps = [f.stat().st_mtime_ns for f in files]
+    proc = run_cli("run", "--quiet", "--output", str(tmp_path / "again"), cwd=root,
+                   env_cache=root / "cache")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted((root / "cache" / "features").glob("*.npy")) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    first = json.loads((root / "run" / "results.json").read_text())
+    second = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert first["accuracy_matrix"] == second["accuracy_matrix"]
+
+
+def test_foreign_run_directory_is_refused(default_run):
+    _, root = default_run
+    proc = run_cli("run", "--quiet", "--set", "run=1", "--output", str(root / "run"), cwd=root,
+                   env_cache=root / "cache")
+    assert proc.returncode == 2
+    assert "different config" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "dataset.name=nonexistent"], "digits"),
+    (["--set", "backbone.arch=ViT-Z-99"], "tiny-vit"),
+    (["--set", "dataset.nope=1"], "unknown config key"),
+    (["--set", "dataset.n_experiences=five"], "must be int"),
+    (["--set", "dataset.class_order=[0,1,2]"], "permutation"),
+    (["--set", "dataset.n_experiences=11"], "experiences"),
+    (["--set", "dataset.name=cifar100", "--set", "dataset.root=/nonexistent/data"], "download"),
+    (["--set", "eval.context=sometimes"], "per_image"),
+    (["--config", "/nonexistent.yaml"], "not found"),
+    (["--set", "novalue"], "key=value"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, fragment):
+    monkeypatch.setenv("CLAP4CL_CACHE", str(tmp_path / "cache"))
+    code = main(["run", "--quiet", "--output", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("clap4cl: error:")
+    assert fragment in err
+
+
+def test_unknown_command_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_extract_then_report(default_run, tmp_path, capsys, monkeypatch):
+    _, root = default_run
+    monkeypatch.setenv("CLAP4CL_CACHE", str(root / "cache"))
+    assert main(["extract", "--quiet"]) == 0
+    assert main(["report", str(root / "run")]) == 0
+    table = capsys.readouterr().out
+    assert "| zeroshot | digits |" in table
