@@ -161,7 +161,7 @@ def _check_types(config, reference, prefix) -> None:
         if allowed is None:
             continue
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            _set_in(config, key, float(value))
+            config[key] = float(value)
             continue
         if isinstance(value, bool) and bool not in allowed:
             ok = False
@@ -171,10 +171,6 @@ def _check_types(config, reference, prefix) -> None:
             names = " or ".join(t.__name__ for t in allowed)
             nullable = " or null" if full in NULLABLE else ""
             raise ConfigError(f"{full} must be {names}{nullable}, got {type(value).__name__} {value!r}")
-
-
-def _set_in(node, key, value) -> None:
-    node[key] = value
 
 
 def get(config: Dict[str, Any], dotted: str) -> Any:

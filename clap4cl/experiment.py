@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+from avalanche.core import SupervisedPlugin
 from avalanche.training.determinism.rng_manager import RNGManager
 from torch.utils.data import ConcatDataset, DataLoader
 
@@ -123,7 +124,7 @@ def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
 
 @torch.no_grad()
 def predict_logits(model, datasets, batch_size: int, device: str = "cpu"):
-    """(logits, targets) of ``model`` over the concatenation of ``datasets``."""
+    """(logits, targets) of ``model`` over the concatenation of ``datasets``, in order."""
     model.eval()
     loader = DataLoader(ConcatDataset(datasets), batch_size=batch_size, shuffle=False)
     outs, ys = [], []
@@ -134,27 +135,46 @@ def predict_logits(model, datasets, batch_size: int, device: str = "cpu"):
     return torch.cat(outs).numpy(), torch.cat(ys).numpy()
 
 
-def evaluate_step(strategy, benchmark, step: int, config) -> Dict[str, Any]:
+class LogitsCollector(SupervisedPlugin):
+    """Keeps every evaluation mini-batch's logits and targets, per experience.
+
+    The experiment's accuracy, calibration and novelty numbers come from the same
+    forward passes as Avalanche's own metrics: one evaluation pass per step.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.outputs: Dict[int, list] = {}
+
+    def before_eval(self, strategy, **kwargs):
+        self.outputs = {}
+
+    def after_eval_iteration(self, strategy, **kwargs):
+        batches = self.outputs.setdefault(strategy.experience.current_experience, [])
+        batches.append((strategy.mb_output.detach().float().cpu(), strategy.mb_y.cpu()))
+
+    def logits_and_targets(self, experience: int):
+        logits, targets = zip(*self.outputs[experience])
+        return torch.cat(logits).numpy(), torch.cat(targets).numpy()
+
+
+def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, config) -> Dict[str, Any]:
     """Per-experience accuracy, step accuracy, ECE and novelty after training ``step``."""
     test_stream = benchmark.test_stream
-    batch_size = config["eval"]["batch_size"]
-    per_exp = []
-    for k in range(step + 1):
-        logits, y = predict_logits(strategy.model, [test_stream[k].dataset.eval()], batch_size,
-                                   str(strategy.device))
-        per_exp.append((logits, y))
+    strategy.eval(test_stream[: step + 1])
+    per_exp = [collector.logits_and_targets(k) for k in range(step + 1)]
     seen_logits = np.concatenate([l for l, _ in per_exp])
     seen_y = np.concatenate([y for _, y in per_exp])
-    row = [float((l.argmax(1) == y).mean()) for l, y in per_exp]
     out = {
-        "row": row,
+        "row": [float((l.argmax(1) == y).mean()) for l, y in per_exp],
         "step_accuracy": float((seen_logits.argmax(1) == seen_y).mean()),
         "ece": metrics.expected_calibration_error(seen_logits, seen_y),
         "novelty": None,
     }
     if config["eval"]["novelty"] and step < len(test_stream) - 1:
         future = [test_stream[k].dataset.eval() for k in range(step + 1, len(test_stream))]
-        ood_logits, _ = predict_logits(strategy.model, future, batch_size, str(strategy.device))
+        ood_logits, _ = predict_logits(strategy.model, future, config["eval"]["batch_size"],
+                                       str(strategy.device))
         scores = metrics.novelty_metrics(metrics.energy_score(seen_logits),
                                          metrics.energy_score(ood_logits))
         out["novelty"] = {"step": step, "score": "energy", **scores}
@@ -167,7 +187,6 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
     n_exp = len(benchmark.train_stream)
     matrix = [row + [None] * (n_exp - len(row)) for row in rows]
     step_acc = [s["step_accuracy"] for s in steps]
-    acc = [row for row in rows]
     return {
         "method": config["method"],
         "dataset": config["dataset"]["name"],
@@ -182,8 +201,8 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
         "step_accuracy": step_acc,
         "avg_incremental_accuracy": metrics.average_incremental_accuracy(step_acc) if step_acc else None,
         "last_accuracy": step_acc[-1] if step_acc else None,
-        "bwt": metrics.backward_transfer(acc),
-        "forgetting": metrics.forgetting(acc),
+        "bwt": metrics.backward_transfer(rows),
+        "forgetting": metrics.forgetting(rows),
         "ece": [s["ece"] for s in steps],
         "novelty": [s["novelty"] for s in steps if s["novelty"] is not None],
         "timing": {k: round(v, 3) for k, v in timer.seconds.items()},
@@ -215,14 +234,14 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         text = stream_text_features(config, benchmark, backbone, cache)
     logit_scale = backbone.logit_scale if backbone is not None else SYNTHETIC_LOGIT_SCALE
     evaluator, tensorboard = make_evaluator(output, config, progress)
-    strategy = build_strategy(config, text, logit_scale, evaluator, plugins=[])
+    collector = LogitsCollector()
+    strategy = build_strategy(config, text, logit_scale, evaluator, plugins=[collector])
     rows, steps, results = [], [], {}
     for step, experience in enumerate(benchmark.train_stream):
         with timer.phase("train"):
             strategy.train(experience)
         with timer.phase("eval"):
-            strategy.eval(benchmark.test_stream[: step + 1])
-            evaluated = evaluate_step(strategy, benchmark, step, config)
+            evaluated = evaluate_step(strategy, collector, benchmark, step, config)
         rows.append(evaluated["row"])
         steps.append(evaluated)
         _log_step(tensorboard, step, evaluated)
