@@ -15,7 +15,7 @@ import tempfile
 import time
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from clap4cl.backbones import load_clip
 from clap4cl.feature_cache import TEST_VIEWS, TRAIN_VIEWS, FeatureCache
@@ -49,22 +49,35 @@ def extraction_seconds(backbone, splits, datasets_and_views, batch_size, num_wor
         return time.perf_counter() - start, cache
 
 
+def _first(dataset, limit):
+    if limit is None or limit >= len(dataset):
+        return dataset
+    subset = Subset(dataset, range(limit))
+    subset.targets = dataset.targets[:limit]
+    return subset
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="tiny-vit")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only the first N images of each split (large encoders)")
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader workers decoding and preprocessing images during extraction")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     backbone = load_clip(args.arch)
     splits = get_dataset_splits(args.dataset)
-    pairs = [(splits.train.with_transform(backbone.preprocess_test), TRAIN_VIEWS),
-             (splits.test.with_transform(backbone.preprocess_test), TEST_VIEWS)]
+    pairs = [(_first(splits.train.with_transform(backbone.preprocess_test), args.limit), TRAIN_VIEWS),
+             (_first(splits.test.with_transform(backbone.preprocess_test), args.limit), TEST_VIEWS)]
     backbone.encode_images(torch.zeros(2, 3, backbone.image_size, backbone.image_size))  # warm-up
-    bare, n_images = bare_encoder_seconds(backbone, pairs, args.batch_size)
+    # bare passes before and after the extraction, averaged, to cancel slow drift of the machine
+    bare_before, n_images = bare_encoder_seconds(backbone, pairs, args.batch_size)
     extract, _ = extraction_seconds(backbone, splits, pairs, args.batch_size, args.num_workers)
+    bare_after, _ = bare_encoder_seconds(backbone, pairs, args.batch_size)
+    bare = (bare_before + bare_after) / 2
     print(f"dataset {args.dataset}, backbone {args.arch}, {n_images} encoder passes "
           f"(train x2 views + test), batch {args.batch_size}, "
           f"{args.num_workers} loader workers, {torch.get_num_threads()} threads")
