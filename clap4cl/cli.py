@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one class-incremental experiment")
     add_config_args(run)
     run.add_argument("--output", help="run directory (default: runs/<dataset>-<method>-run<k>)")
+    run.add_argument("--seeds", type=int, nargs="+", metavar="RUN",
+                     help="run these runs (class orders 1993 + run) into DIR/run<k> and write the "
+                          "aggregate table DIR/report.md (default DIR: runs/<dataset>-<method>)")
 
     extract = sub.add_parser("extract", help="fill the frozen-feature cache only")
     add_config_args(extract)
@@ -75,12 +78,40 @@ def _run(args) -> int:
     from .experiment import run_experiment
 
     config = _load(args)
+    if args.seeds:
+        return _run_seeds(args, config)
     output = Path(args.output) if args.output else Path("runs") / (
         f"{config['dataset']['name']}-{config['method']}-run{config['run']}")
-    results = run_experiment(config, output)
+    _print_summary(run_experiment(config, output), output)
+    return 0
+
+
+def _run_seeds(args, config) -> int:
+    """One run per seed in DIR/run<k>, then DIR/report.md through the ``report`` code."""
+    import copy
+
+    from .experiment import run_experiment
+    from .report import markdown_report
+
+    root = Path(args.output) if args.output else Path("runs") / (
+        f"{config['dataset']['name']}-{config['method']}")
+    if any(run < 0 for run in args.seeds):
+        raise UserError(f"--seeds must be non-negative run indices, got {args.seeds}")
+    dirs = []
+    for run in dict.fromkeys(args.seeds):
+        seeded = copy.deepcopy(config)
+        seeded["run"] = run
+        dirs.append(root / f"run{run}")
+        _print_summary(run_experiment(seeded, dirs[-1]), dirs[-1])
+    table = markdown_report(dirs)
+    (root / "report.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def _print_summary(results, output: Path) -> None:
     print(f"avg incremental accuracy {results['avg_incremental_accuracy']:.4f}, "
           f"last accuracy {results['last_accuracy']:.4f}; results in {output / 'results.json'}")
-    return 0
 
 
 def _extract(args) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -117,8 +118,10 @@ def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
     if config["logging"]["tensorboard"]:
         tensorboard = TensorboardLogger(tb_log_dir=str(output / "tensorboard"))
         loggers.append(tensorboard)
-    evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
-                                 loss_metrics(stream=True), loggers=loggers)
+    with warnings.catch_warnings():  # no loggers is a deliberate choice (--quiet, no TensorBoard)
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
+                                     loss_metrics(stream=True), loggers=loggers)
     return evaluator, tensorboard
 
 

@@ -111,3 +111,25 @@ def test_extract_then_report(default_run, tmp_path, capsys, monkeypatch):
     assert main(["report", str(root / "run")]) == 0
     table = capsys.readouterr().out
     assert "| zeroshot | digits |" in table
+
+
+def test_seeds_run_into_subdirectories_with_an_aggregate_table(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["run", "--quiet", "--output", str(out), "--seeds", "0", "1",
+                 "--set", "dataset.name=synthetic", "--set", "dataset.n_experiences=2",
+                 "--set", "logging.tensorboard=false"])
+    assert code == 0
+    orders = [json.loads((out / f"run{k}" / "results.json").read_text())["class_order"] for k in (0, 1)]
+    assert orders[0] != orders[1]  # class orders 1993 and 1994
+    table = (out / "report.md").read_text()
+    assert "| zeroshot | synthetic |" in table and "| 2 |" in table and "±" in table
+    assert table.strip() in capsys.readouterr().out
+
+
+def test_same_config_gives_identical_results(tmp_path):
+    args = ["run", "--quiet", "--set", "dataset.name=synthetic", "--set", "logging.tensorboard=false"]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    assert main([*args, "--output", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    a.pop("timing"), b.pop("timing")
+    assert a == b
