@@ -3,7 +3,9 @@
 Core library (no training loops): CLIP loading, prompts and class text features, the
 frozen-feature cache, model modules, metrics, configuration and the CLI.
 """
+from .adapter_model import CLIPAdapterModel
 from .backbones import FrozenCLIP, load_clip
+from .clap_model import ClapModel, ClapOutput
 from .errors import ConfigError, DataNotFoundError, UserError
 from .feature_cache import FeatureCache
 from .prompts import class_text_features
@@ -11,5 +13,6 @@ from .text_features import ClassTextFeatures
 
 __version__ = "0.1.0"
 
-__all__ = ["ClassTextFeatures", "ConfigError", "DataNotFoundError", "FeatureCache", "FrozenCLIP",
-           "UserError", "class_text_features", "load_clip"]
+__all__ = ["CLIPAdapterModel", "ClapModel", "ClapOutput", "ClassTextFeatures", "ConfigError",
+           "DataNotFoundError", "FeatureCache", "FrozenCLIP", "UserError", "class_text_features",
+           "load_clip"]

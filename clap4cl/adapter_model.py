@@ -1,0 +1,65 @@
+"""CLIP-Adapter (Gao et al.): a residual bottleneck adapter on the image features.
+
+f = normalize(ratio · A(x̂) + (1 − ratio) · x̂),  A = ReLU ∘ Linear(D/r → D) ∘ ReLU ∘ Linear(D → D/r),
+logits = τ⟨f, t_c⟩ over the seen classes. The reference builds a fresh adapter at every
+experience (spec B23); ``reinit_each_experience=False`` keeps one adapter across them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from avalanche.models.dynamic_modules import DynamicModule
+from torch import nn
+
+
+class CLIPAdapterModel(DynamicModule):
+    """Zero-shot CLIP classifier with a trainable residual image adapter.
+
+    Args:
+        class_features: (C, D) class text features of the whole stream, label order.
+        logit_scale: CLIP's temperature τ.
+        ratio: residual mixing weight of the adapter (0.2 in CLIP-Adapter).
+        reduction: bottleneck reduction factor r (4: 512 → 128 → 512).
+        reinit_each_experience: re-initialise the adapter when new classes arrive.
+        image_encoder: optional frozen ``FrozenCLIP`` for image inputs.
+    """
+
+    def __init__(self, class_features: torch.Tensor, logit_scale: float, *, ratio: float = 0.2,
+                 reduction: int = 4, reinit_each_experience: bool = True, image_encoder=None):
+        super().__init__()
+        dim = class_features.shape[1]
+        self.register_buffer("class_features", F.normalize(class_features.float(), dim=-1))
+        self.logit_scale = float(logit_scale)
+        self.ratio = float(ratio)
+        self.reinit_each_experience = reinit_each_experience
+        self.adapter = nn.Sequential(nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(),
+                                     nn.Linear(dim // reduction, dim, bias=False), nn.ReLU())
+        self.n_seen_classes = 0
+        object.__setattr__(self, "image_encoder", image_encoder)
+
+    def adaptation(self, experience) -> None:
+        """Extend the label space; re-initialise the adapter for new classes if asked."""
+        if not self.training:
+            return
+        n_seen = max(self.n_seen_classes, max(experience.classes_in_this_experience) + 1)
+        if n_seen > self.n_seen_classes and self.n_seen_classes and self.reinit_each_experience:
+            for layer in self.adapter:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+        self.n_seen_classes = n_seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            if self.image_encoder is None:
+                raise ValueError("image inputs need an image_encoder; pass features (B, D) otherwise")
+            with torch.no_grad():
+                x = self.image_encoder.encode_images(x)
+        image = F.normalize(x.float(), dim=-1)
+        mixed = self.ratio * self.adapter(image) + (1 - self.ratio) * image
+        return self.logit_scale * F.normalize(mixed, dim=-1) @ self.class_features[: self.n_seen_classes].T
+
+    def get_extra_state(self):
+        return {"n_seen_classes": self.n_seen_classes}
+
+    def set_extra_state(self, state) -> None:
+        self.n_seen_classes = int(state["n_seen_classes"])

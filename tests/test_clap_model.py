@@ -1,0 +1,257 @@
+"""The CLAP model's math against hand computations on tiny tensors."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clap4cl import ClapModel, ClassTextFeatures
+from clap4cl.clap_model import (GaussianTaskHeads, VisualGuidedAttention, kl_loss,
+                                kl_to_standard_normal, language_init, language_loss,
+                                task_block_mask)
+
+DIM = 8
+
+
+def text_stats(n_classes=6, n_templates=3, dim=DIM, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    per_template = torch.randn(n_classes, n_templates, dim, generator=gen)
+    return ClassTextFeatures.from_per_template(per_template, [f"c{i}" for i in range(n_classes)])
+
+
+def experience(classes):
+    return SimpleNamespace(classes_in_this_experience=list(classes))
+
+
+def grown_model(task_classes=((0, 1), (2, 3, 4)), seed=0, **kwargs):
+    torch.manual_seed(seed)
+    kwargs.setdefault("vga_ffn_dim", 16)
+    model = ClapModel(text_stats(), logit_scale=10.0, **kwargs)
+    model.train()
+    for classes in task_classes:
+        model.adaptation(experience(classes))
+    return model.eval()
+
+
+def test_task_block_mask_forbids_exactly_cross_task_pairs():
+    mask = task_block_mask(torch.tensor([0, 0, 1, 1, 1]))
+    expected = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 0, 0, 0],
+                             [1, 1, 0, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("context", ["batch", "per_image"])
+def test_vga_queries_of_one_task_ignore_other_tasks_queries(context):
+    torch.manual_seed(0)
+    vga = VisualGuidedAttention(DIM, heads=2, ffn_dim=16).eval()
+    tasks = torch.tensor([0, 0, 1, 1, 1])
+    queries, images = torch.randn(5, DIM), torch.randn(4, DIM)
+    changed = queries.clone()
+    changed[2:] = torch.randn(3, DIM)               # only task 1's queries change
+    before = vga(queries, images, tasks, context)
+    after = vga(changed, images, tasks, context)
+    assert torch.allclose(before[..., :2, :], after[..., :2, :], atol=1e-6)
+    assert not torch.allclose(before[..., 2:, :], after[..., 2:, :], atol=1e-3)
+    # without the mask, task 0's outputs would move
+    unmasked = VisualGuidedAttention(DIM, heads=2, ffn_dim=16).eval()
+    unmasked.load_state_dict(vga.state_dict())
+    free = torch.zeros(5, dtype=torch.long)
+    assert not torch.allclose(unmasked(queries, images, free, context)[..., :2, :],
+                              unmasked(changed, images, free, context)[..., :2, :], atol=1e-3)
+
+
+def test_per_image_context_equals_batch_context_of_a_single_image():
+    torch.manual_seed(1)
+    vga = VisualGuidedAttention(DIM, heads=2, ffn_dim=16).eval()
+    tasks = torch.tensor([0, 0, 1])
+    queries, images = torch.randn(3, DIM), torch.randn(4, DIM)
+    per_image = vga(queries, images, tasks, "per_image")
+    for b in range(4):
+        single = vga(queries, images[b:b + 1], tasks, "batch")
+        assert torch.allclose(per_image[b], single, atol=1e-5)
+
+
+def test_language_loss_closed_form_equals_reference_double_loop():
+    torch.manual_seed(2)
+    n_classes, n_templates, n_samples = 5, 4, 7
+    e = F.normalize(torch.randn(n_classes, n_templates, DIM), dim=-1)
+    z = torch.randn(n_samples, n_classes, DIM)
+    tasks = torch.tensor([0, 0, 1, 1, 1])
+    expected = torch.zeros(())
+    for k in (0, 1):
+        members = (tasks == k).nonzero().squeeze(1).tolist()
+        a = torch.zeros(len(members), len(members))
+        for i, c in enumerate(members):
+            for j, c2 in enumerate(members):
+                for m in range(n_samples):
+                    for l in range(n_templates):
+                        a[i, j] += e[c, l] @ z[m, c2] / (n_samples * n_templates)
+        expected = expected + F.cross_entropy(a, torch.arange(len(members)))
+    got = language_loss(e.mean(1), z.mean(0), tasks, tasks=[0, 1])
+    assert torch.allclose(got, expected, atol=1e-5)
+    only_second = language_loss(e.mean(1), z.mean(0), tasks, tasks=[1])
+    assert only_second < got
+
+
+def test_kl_matches_elementwise_formula_and_torch_distributions():
+    torch.manual_seed(3)
+    mu = torch.randn(5, DIM)
+    sigma = torch.rand(5, DIM) + 0.1
+    elementwise = kl_to_standard_normal(mu, sigma)
+    for c in range(5):
+        for d in range(DIM):
+            m, s = mu[c, d].item(), sigma[c, d].item()
+            assert elementwise[c, d].item() == pytest.approx((s * s + m * m - 1) / 2 - math.log(s), abs=1e-5)
+    reference = torch.distributions.kl_divergence(torch.distributions.Normal(mu, sigma),
+                                                  torch.distributions.Normal(0.0, 1.0))
+    assert torch.allclose(elementwise, reference, atol=1e-5)
+    tasks = torch.tensor([0, 0, 1, 1, 1])
+    per_class = reference.sum(1)
+    assert torch.allclose(kl_loss(mu, sigma, tasks, [0, 1]), per_class[:2].mean() + per_class[2:].mean())
+    assert torch.allclose(kl_loss(mu, sigma, tasks, [1]), per_class[2:].mean())
+    batch = kl_loss(mu.expand(3, -1, -1), sigma.expand(3, -1, -1), tasks, [0, 1])
+    assert torch.allclose(batch, per_class[:2].mean() + per_class[2:].mean())
+
+
+def test_language_init_weights_are_gram_matrices_over_seen_classes():
+    text = text_stats()
+    model = grown_model(init_from_language=True)
+    e_bar, v = text.mean[:5], text.variance[:5]
+    expected_mu = torch.zeros(DIM, DIM)
+    expected_sigma = torch.zeros(DIM, DIM)
+    for c in range(5):                               # "all" seen classes, the reference
+        expected_mu += torch.outer(e_bar[c], e_bar[c]) / DIM
+        expected_sigma += torch.outer(v[c], v[c]) / DIM
+    assert torch.allclose(model.heads.mu_weight[1], expected_mu, atol=1e-6)
+    assert torch.allclose(model.heads.sigma_weight[1], expected_sigma, atol=1e-6)
+    w_mu, _ = language_init(text.mean[2:5], text.variance[2:5])
+    new_only = grown_model(language_init_classes="new")
+    assert torch.allclose(new_only.heads.mu_weight[1], w_mu, atol=1e-6)
+
+
+def test_single_template_initialises_without_nan():
+    torch.manual_seed(0)
+    model = ClapModel(text_stats(n_templates=1), 10.0, vga_ffn_dim=16)
+    model.train()
+    model.adaptation(experience([0, 1]))
+    model.eval()
+    assert torch.isfinite(model.heads.sigma_weight[0]).all()
+    assert torch.isfinite(model(torch.randn(3, DIM))).all()
+
+
+def test_batched_heads_equal_per_task_loop_with_unequal_tasks():
+    torch.manual_seed(4)
+    heads = GaussianTaskHeads(DIM)
+    for size in (2, 3, 1, 4):
+        heads.add_task(size)
+    for h in (torch.randn(10, DIM), torch.randn(6, 10, DIM)):
+        mu, sigma = heads(h)
+        mu_loop, sigma_loop = heads.forward_looped(h)
+        assert torch.allclose(mu, mu_loop, atol=1e-5)
+        assert torch.allclose(sigma, sigma_loop, atol=1e-5)
+        assert (sigma > 0.001 - 1e-7).all()
+    start = 0
+    for k, size in enumerate(heads.sizes):             # and equal the task's own Linear
+        part = h[..., start:start + size, :]
+        assert torch.allclose(mu[..., start:start + size, :],
+                              part @ heads.mu_weight[k].T + heads.mu_bias[k], atol=1e-5)
+        start += size
+
+
+@pytest.mark.parametrize("context", ["batch", "per_image"])
+def test_logits_equal_tau_times_image_dot_refined_text_plus_sample(context):
+    model = grown_model(eval_context=context, mc_samples=4)
+    x = torch.randn(3, DIM)
+    torch.manual_seed(7)
+    out = model.forward_samples(x)
+    torch.manual_seed(7)
+    eps = torch.randn(4, 5, DIM)                        # the draw forward_samples made
+    x_hat = F.normalize(x, dim=-1)
+    h = model.refined_text(x_hat)
+    mu, sigma = model.heads(h)
+    if context == "batch":
+        h, mu, sigma = (t.expand(3, -1, -1) for t in (h, mu, sigma))
+    expected = torch.zeros(4, 3, 5)
+    for m in range(4):
+        for b in range(3):
+            for c in range(5):
+                z = mu[b, c] + sigma[b, c] * eps[m, c]
+                expected[m, b, c] = 10.0 * x_hat[b] @ (h[b, c] + z)
+    assert torch.allclose(out.logits, expected, atol=1e-4)
+    assert torch.allclose(out.z_mean, (mu + sigma * eps.mean(0))[0 if context == "batch" else slice(None)],
+                          atol=1e-5)
+
+
+def test_forward_is_the_sample_mean_shortcut():
+    model = grown_model(mc_samples=16)
+    x = torch.randn(3, DIM)
+    torch.manual_seed(5)
+    logits = model(x)
+    torch.manual_seed(5)
+    eps_bar = torch.randn(5, DIM) / 4.0                 # N(0, I/M), M = 16
+    x_hat = F.normalize(x, dim=-1)
+    h = model.refined_text(x_hat)
+    mu, sigma = model.heads(h)
+    expected = 10.0 * torch.einsum("bd,bcd->bc", x_hat, h + mu + sigma * eps_bar)
+    assert torch.allclose(logits, expected, atol=1e-4)
+    # the same expectation as averaging M sampled logits
+    many = torch.stack([model.forward_samples(x).mean_logits for _ in range(200)]).mean(0)
+    assert torch.allclose(many, 10.0 * torch.einsum("bd,bcd->bc", x_hat, h + mu), atol=0.5)
+
+
+def test_deterministic_heads_use_the_mean_only():
+    model = grown_model(variational=False)
+    x = torch.randn(3, DIM)
+    out = model.forward_samples(x)
+    assert out.sigma is None and out.logits.shape == (1, 3, 5)
+    assert torch.equal(model(x), model(x))
+    assert len(model.heads.sigma_weight) == 0
+
+
+def test_per_image_outputs_ignore_batch_mates_and_reference_outputs_do_not():
+    x = torch.randn(4, DIM)
+    other = x.clone()
+    other[1:] = torch.randn(3, DIM)                    # every sample but the first changes
+    per_image = grown_model(eval_context="per_image", variational=False)
+    assert torch.allclose(per_image(x)[0], per_image(other)[0], atol=1e-6)
+    batch = grown_model(eval_context="batch", variational=False)
+    assert not torch.allclose(batch(x)[0], batch(other)[0], atol=1e-3)
+
+
+def test_adaptation_grows_heads_and_freezes_older_ones():
+    model = grown_model(task_classes=((0, 1), (2, 3, 4), (5,)))
+    assert model.task_sizes == [2, 3, 1]
+    assert model(torch.randn(2, DIM)).shape == (2, 6)
+    assert [p.requires_grad for p in model.heads.mu_weight] == [False, False, True]
+    model.eval()
+    model.adaptation(experience([5]))                  # evaluation never grows the model
+    assert model.task_sizes == [2, 3, 1]
+    with pytest.raises(ValueError, match="contiguous"):
+        model.add_task([4, 7])
+
+
+def test_state_dict_round_trip_into_a_fresh_model():
+    model = grown_model(variational=True)
+    fresh = ClapModel(text_stats(), 10.0, vga_ffn_dim=16).eval()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.task_sizes == [2, 3]
+    x = torch.randn(3, DIM)
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(0)
+    assert torch.equal(a, fresh(x))
+
+
+def test_image_inputs_go_through_the_encoder():
+    class Encoder:
+        def encode_images(self, images):
+            return images.flatten(1)[:, :DIM]
+
+    model = grown_model(variational=False)
+    model.image_encoder = Encoder()
+    images = torch.randn(2, 3, 4, 4)
+    assert torch.allclose(model(images), model(images.flatten(1)[:, :DIM]))
+    model.image_encoder = None
+    with pytest.raises(ValueError, match="image_encoder"):
+        model(images)
