@@ -33,12 +33,17 @@ CHOICES = {
     "clap.train_context": ("batch", "per_image"),
     "clap.language_init_classes": ("all", "new"),
     "memory.policy": ("fixed_total", "per_class"),
+    "memory.selector": ("random", "reference_first_k"),
 }
 
 POSITIVE = ("dataset.n_experiences", "cache.batch_size", "eval.batch_size",
-            "clap.batch_size", "clap.mc_samples", "clap.vga_heads", "clap.vga_ffn_dim")
+            "clap.batch_size", "clap.mc_samples", "clap.vga_heads", "clap.vga_ffn_dim",
+            "clip_adapter.batch_size", "clip_adapter.reduction")
 NON_NEGATIVE = ("run", "cache.num_workers", "clap.epochs", "clap.finetune_epochs",
-                "clap.lr", "clap.beta", "clap.kl_weight", "memory.size", "memory.per_class")
+                "clap.lr", "clap.beta", "clap.kl_weight", "clap.finetune_lr_factor",
+                "clap.warmup_fraction", "clap.min_lr_factor", "clap.vga_dropout",
+                "clip_adapter.epochs", "clip_adapter.lr", "clip_adapter.ratio",
+                "memory.size", "memory.per_class")
 
 
 def defaults() -> Dict[str, Any]:

@@ -1,4 +1,13 @@
 """Avalanche strategies and plugins of clap4cl."""
+from .build import METHODS, build_clap_model, build_from_config, build_memory
+from .clap import CLAP
+from .clip_adapter import CLIPAdapter
+from .exemplars import (SELECTORS, ClassBalancedMemory, FirstKExemplarsSelection,
+                        make_selector)
+from .replay_template import ReplayTemplate, warmup_cosine
 from .zeroshot import ZeroShotCLIP, ZeroShotClassifier
 
-__all__ = ["ZeroShotCLIP", "ZeroShotClassifier"]
+__all__ = ["CLAP", "CLIPAdapter", "ClassBalancedMemory", "FirstKExemplarsSelection", "METHODS",
+           "ReplayTemplate", "SELECTORS", "ZeroShotCLIP", "ZeroShotClassifier",
+           "build_clap_model", "build_from_config", "build_memory", "make_selector",
+           "warmup_cosine"]

@@ -1,0 +1,118 @@
+"""CLAP4CLIP as an Avalanche strategy (spec ``clap4clip.md`` sections 2 and 3).
+
+Per experience: the model grows a language-initialised head; the VGA and the newest head
+train on new data ∪ memory with L = CE (over all M·B sample rows) + kl_weight·KL +
+β·language loss, regularising the current task's head; the memory is re-selected; then
+(from the second experience on) the heads are finetuned on the class-balanced memory
+with the VGA frozen, regularising every task.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch.nn.functional as F
+
+from clap4cl.clap_model import ClapModel, kl_loss, language_loss
+
+from .exemplars import ClassBalancedMemory
+from .replay_template import ReplayTemplate
+
+
+class CLAP(ReplayTemplate):
+    """The CLAP strategy. All arguments are keyword-only; defaults are the reference's.
+
+    Args:
+        model: a ``clap4cl.ClapModel`` (its ``mc_samples`` is M).
+        memory: the replay memory (None: no replay and no finetuning).
+        train_epochs: main-phase epochs per experience.
+        finetune_epochs: class-balanced finetuning epochs after experiences ≥ 1.
+        lr: base learning rate lr0; finetuning uses lr0 · finetune_lr_factor.
+        warmup_fraction, min_lr_factor: the main phase's schedule (finetuning: no warm-up).
+        beta: weight of the language-aware regulariser.
+        kl_weight: weight of KL(q ‖ N(0, I)) (ignored by deterministic heads).
+        regularize_all_tasks: regularise every head in the main phase too (reference:
+            only the current one).
+        train_mb_size, eval_mb_size: batch sizes (the training batch is the VGA context).
+    """
+
+    def __init__(self, *, model: ClapModel, memory: Optional[ClassBalancedMemory] = None,
+                 train_epochs: int = 5, finetune_epochs: int = 2, lr: float = 1.6e-3,
+                 finetune_lr_factor: float = 0.1, warmup_fraction: float = 0.3,
+                 min_lr_factor: float = 1e-3, beta: float = 15.0, kl_weight: float = 1e-3,
+                 regularize_all_tasks: bool = False, train_mb_size: int = 32,
+                 eval_mb_size: int = 32, device="cpu", plugins: Sequence = (), evaluator=None,
+                 **kwargs):
+        if not isinstance(model, ClapModel):
+            raise TypeError(f"CLAP trains a clap4cl.ClapModel, got {type(model).__name__}")
+        super().__init__(model=model, lr=lr, train_epochs=train_epochs,
+                         train_mb_size=train_mb_size, eval_mb_size=eval_mb_size,
+                         warmup_fraction=warmup_fraction, min_lr_factor=min_lr_factor,
+                         memory=memory, device=device, plugins=plugins, evaluator=evaluator,
+                         **kwargs)
+        self.finetune_epochs = int(finetune_epochs)
+        self.finetune_lr_factor = float(finetune_lr_factor)
+        self.beta = float(beta)
+        self.kl_weight = float(kl_weight)
+        self.regularize_all_tasks = regularize_all_tasks
+        self.regularized_tasks = []
+        self.finetuning = False
+        self.clap_output = None
+
+    # -------------------------------------------------------------- phases
+    def prepare_main_phase(self) -> None:
+        """VGA and the newest head train; the newest (or every) head is regularised."""
+        model = self.model
+        newest = model.heads.n_tasks - 1
+        model.heads.set_trainable([newest])
+        if model.vga is not None:
+            model.vga.requires_grad_(True)
+        self.finetuning = False
+        self.regularized_tasks = list(range(newest + 1)) if self.regularize_all_tasks else [newest]
+
+    def after_main_phase(self, **kwargs) -> None:
+        if self.memory is None or self.finetune_epochs == 0 or self.model.heads.n_tasks < 2:
+            return
+        self._finetune(**kwargs)
+
+    def _finetune(self, **kwargs) -> None:
+        """Class-balanced finetuning: memory only, VGA frozen (eval mode), all heads train."""
+        model = self.model
+        model.train()
+        if model.vga is not None:
+            model.vga.requires_grad_(False)
+            model.vga.eval()
+        n_tasks = model.heads.n_tasks
+        model.heads.set_trainable(range(n_tasks))
+        self.finetuning = True
+        self.regularized_tasks = list(range(n_tasks))
+        self.dataloader = self._shuffled_loader(self.memory.buffer.train())
+        steps = self.finetune_epochs * len(self.dataloader)
+        self.set_optimizer(self.lr * self.finetune_lr_factor, steps, warmup_steps=0)
+        for _ in range(self.finetune_epochs):
+            self.training_epoch(**kwargs)
+        self.finetuning = False
+        if model.vga is not None:
+            model.vga.train()
+
+    # -------------------------------------------------------------- step
+    def forward(self):
+        if not self.is_training:
+            return self.model(self.mb_x)
+        self.clap_output = self.model.forward_samples(self.mb_x)
+        return self.clap_output.mean_logits
+
+    def criterion(self):
+        if not self.is_training:
+            return F.cross_entropy(self.mb_output, self.mb_y)
+        out = self.clap_output
+        n_samples = out.logits.shape[0]
+        loss = F.cross_entropy(out.logits.flatten(0, 1), self.mb_y.repeat(n_samples))
+        task_of_class = self.model.task_of_class()
+        if out.sigma is not None and self.kl_weight:
+            loss = loss + self.kl_weight * kl_loss(out.mu, out.sigma, task_of_class,
+                                                   self.regularized_tasks)
+        if self.beta:
+            text_mean = self.model.text_mean[: self.model.n_seen_classes]
+            loss = loss + self.beta * language_loss(text_mean, out.z_mean, task_of_class,
+                                                    self.regularized_tasks)
+        return loss

@@ -1,0 +1,95 @@
+"""Replay memory with a per-class budget and pluggable exemplar selection.
+
+The selectors follow Avalanche's ``ExemplarsSelectionStrategy`` interface
+(``make_sorted_indices(strategy, data)``: best first), so the same selector works
+with Avalanche's ``ParametricBuffer`` and with this memory. The memory records each
+exemplar as (experience id, index) into that experience's dataset rather than as a
+copied dataset.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from avalanche.benchmarks.utils import concat_datasets
+from avalanche.training.storage_policy import (ExemplarsSelectionStrategy,
+                                               RandomExemplarsSelectionStrategy)
+
+POLICIES = ("fixed_total", "per_class")
+
+
+class FirstKExemplarsSelection(ExemplarsSelectionStrategy):
+    """The reference's ``random`` selector: the first samples per class in dataset order.
+
+    It is deterministic and nested across steps (spec B4); kept as ``reference_first_k``.
+    """
+
+    def make_sorted_indices(self, strategy, data) -> List[int]:
+        return list(range(len(data)))
+
+
+SELECTORS = {
+    "random": RandomExemplarsSelectionStrategy,
+    "reference_first_k": FirstKExemplarsSelection,
+}
+
+
+def make_selector(name: str) -> ExemplarsSelectionStrategy:
+    """The exemplar selector called ``name`` (see ``SELECTORS``)."""
+    if name not in SELECTORS:
+        raise ValueError(f"unknown exemplar selector {name!r}: choose one of {', '.join(SELECTORS)}")
+    return SELECTORS[name]()
+
+
+class ClassBalancedMemory:
+    """Exemplars of every seen class, k per class.
+
+    Args:
+        policy: ``fixed_total`` (k = ⌊size / n_seen_classes⌋, the reference's CIFAR-100
+            setting) or ``per_class`` (k = per_class, a growing total).
+        size: total budget for ``fixed_total``.
+        per_class: k for ``per_class``.
+        selector: an ``ExemplarsSelectionStrategy``; old classes are re-selected from
+            their previous exemplars, new classes from all their training samples.
+    """
+
+    def __init__(self, policy: str = "fixed_total", size: int = 2000, per_class: int = 20,
+                 selector: Optional[ExemplarsSelectionStrategy] = None):
+        if policy not in POLICIES:
+            raise ValueError(f"memory policy must be one of {POLICIES}, got {policy!r}")
+        self.policy = policy
+        self.size = int(size)
+        self.per_class = int(per_class)
+        self.selector = selector or RandomExemplarsSelectionStrategy()
+        self.exemplars: Dict[int, Tuple[int, List[int]]] = {}
+        self._datasets: Dict[int, object] = {}
+
+    def class_budget(self, n_classes: int) -> int:
+        """Exemplars kept per class when ``n_classes`` classes have been seen."""
+        if self.policy == "per_class":
+            return self.per_class
+        return self.size // max(1, n_classes)
+
+    def __len__(self) -> int:
+        return sum(len(idx) for _, idx in self.exemplars.values())
+
+    def update(self, strategy) -> None:
+        """Add the classes of ``strategy.experience`` and shrink every class to its budget."""
+        experience = strategy.experience
+        exp_id = experience.current_experience
+        dataset = experience.dataset
+        self._datasets[exp_id] = dataset
+        targets = torch.as_tensor(list(dataset.targets))
+        for c in torch.unique(targets).tolist():
+            if c not in self.exemplars:
+                self.exemplars[c] = (exp_id, (targets == c).nonzero().squeeze(1).tolist())
+        budget = self.class_budget(len(self.exemplars))
+        for c, (e, indices) in self.exemplars.items():
+            order = self.selector.make_sorted_indices(strategy, self._datasets[e].subset(indices))
+            self.exemplars[c] = (e, [indices[i] for i in order[:budget]])
+
+    @property
+    def buffer(self):
+        """The exemplars as one Avalanche dataset (None while empty)."""
+        parts = [self._datasets[e].subset(idx) for _, (e, idx) in sorted(self.exemplars.items())]
+        return concat_datasets(parts) if parts else None

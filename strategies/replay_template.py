@@ -1,0 +1,120 @@
+"""Shared training loop of CLAP and CLIP-Adapter: the reference's experience replay.
+
+Memory ∪ new data go through *one* shuffled loader (not Avalanche's ReplayPlugin, which
+draws separate replay mini-batches); plain SGD with a per-iteration linear warm-up then
+cosine schedule; the memory is updated after the main phase of every experience.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+from avalanche.training.templates import SupervisedTemplate
+from torch.utils.data import DataLoader
+
+from .exemplars import ClassBalancedMemory
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_factor: float) -> Callable[[int], float]:
+    """LR factor of step s: (s+1)/(w+1) during w warm-up steps, then cosine 1 → min_factor.
+
+    Matches the reference schedule (spec 12): the first warm-up step is lr/(w+1) and the
+    cosine part never quite reaches lr·min_factor.
+    """
+    cosine_steps = max(1, total_steps - warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(step - warmup_steps, cosine_steps) / cosine_steps
+        return min_factor + 0.5 * (1 - min_factor) * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class ReplayTemplate(SupervisedTemplate):
+    """SupervisedTemplate with the reference's replay, optimizer and schedule.
+
+    Subclasses choose what is trainable (``trainable_parameters``) and may add work
+    after the main phase (``after_main_phase``).
+    """
+
+    def __init__(self, *, model, lr: float, train_epochs: int, train_mb_size: int,
+                 eval_mb_size: int, warmup_fraction: float, min_lr_factor: float,
+                 memory: Optional[ClassBalancedMemory], device="cpu", plugins: Sequence = (),
+                 evaluator=None, **kwargs):
+        if evaluator is not None:
+            kwargs["evaluator"] = evaluator
+        super().__init__(model=model, optimizer=None, criterion=torch.nn.CrossEntropyLoss(),
+                         train_mb_size=train_mb_size, train_epochs=train_epochs,
+                         eval_mb_size=eval_mb_size, device=device, plugins=list(plugins), **kwargs)
+        self.lr = float(lr)
+        self.warmup_fraction = float(warmup_fraction)
+        self.min_lr_factor = float(min_lr_factor)
+        self.memory = memory
+        self.scheduler = None
+
+    # -------------------------------------------------------------- data
+    def train_dataset_adaptation(self, **kwargs):
+        """New data concatenated with the memory (the reference's ER)."""
+        data = self.experience.dataset.train()
+        replay = self.memory.buffer if self.memory is not None else None
+        self.adapted_dataset = data if replay is None else data.concat(replay.train())
+
+    def make_train_dataloader(self, num_workers=0, shuffle=True, **kwargs):
+        self.dataloader = self._shuffled_loader(self.adapted_dataset, num_workers)
+
+    def _shuffled_loader(self, dataset, num_workers=0):
+        return DataLoader(dataset, batch_size=self.train_mb_size, shuffle=True,
+                          num_workers=num_workers, collate_fn=getattr(dataset, "collate_fn", None))
+
+    # -------------------------------------------------------------- optimisation
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def prepare_main_phase(self) -> None:
+        """Set what trains in the main phase (after the model grew for the experience)."""
+
+    def check_model_and_optimizer(self, **kwargs):
+        self.model = self.model_adaptation()
+        self.prepare_main_phase()
+        self.make_optimizer()
+
+    def make_optimizer(self, **kwargs):
+        """A fresh SGD (no momentum, no weight decay) and schedule for the main phase."""
+        steps = self.train_epochs * len(self.dataloader)
+        self.set_optimizer(self.lr, steps, int(self.warmup_fraction * steps))
+
+    def set_optimizer(self, lr: float, total_steps: int, warmup_steps: int) -> None:
+        params = self.trainable_parameters()
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total_steps, warmup_steps, self.min_lr_factor))
+
+    def optimizer_step(self):
+        super().optimizer_step()
+        self.scheduler.step()
+
+    # -------------------------------------------------------------- phases
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        super()._train_exp(experience, eval_streams, **kwargs)
+        if self.memory is not None:
+            was_training = self.model.training
+            self.memory.update(self)
+            self.model.train(was_training)
+        self.after_main_phase(**kwargs)
+
+    def after_main_phase(self, **kwargs) -> None:
+        """Work after the memory update of each experience (e.g. finetuning)."""
+
+    # -------------------------------------------------------------- checkpoints
+    def __getstate__(self):
+        """Pickle state for Avalanche's ``save_checkpoint``, taken between experiences.
+
+        The optimizer and schedule are rebuilt at the start of every phase, and the
+        scheduler's patched ``optimizer.step`` cannot be pickled, so both are left out.
+        """
+        state = self.__dict__.copy()
+        state["optimizer"] = state["scheduler"] = None
+        return state
