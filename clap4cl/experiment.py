@@ -6,13 +6,13 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training.determinism.rng_manager import RNGManager
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from . import metrics
 from .config import dump
@@ -90,19 +90,12 @@ def stream_text_features(config, benchmark, backbone, cache: FeatureCache):
 
 
 def build_strategy(config, text_features, logit_scale, evaluator, plugins):
-    """The Avalanche strategy of ``config['method']``."""
+    """The Avalanche strategy of ``config['method']`` (see ``strategies.build_from_config``)."""
     import strategies
 
-    method = config["method"]
-    if method == "zeroshot":
-        return strategies.ZeroShotCLIP(
-            class_features=text_features.normalized, logit_scale=logit_scale,
-            eval_mb_size=config["eval"]["batch_size"], plugins=plugins, evaluator=evaluator)
-    builder = getattr(strategies, "build_from_config", None)
-    if builder is None:
-        raise UserError(f"method {method!r} is not available in this installation: use zeroshot")
-    return builder(config, text_features=text_features, logit_scale=logit_scale,
-                   evaluator=evaluator, plugins=plugins)
+    return strategies.build_from_config(config, text_features=text_features,
+                                        logit_scale=logit_scale, evaluator=evaluator,
+                                        plugins=plugins)
 
 
 def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
@@ -126,15 +119,32 @@ def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
 
 
 @torch.no_grad()
-def predict_logits(model, datasets, batch_size: int, device: str = "cpu"):
-    """(logits, targets) of ``model`` over the concatenation of ``datasets``, in order."""
+def predict_logits(model, datasets, batch_size: int, device: str = "cpu",
+                   mix_seed: Optional[int] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(logits, targets) of ``model`` on each dataset, in dataset order.
+
+    Batches are task-homogeneous (one loader per dataset, as the reference evaluates)
+    unless ``mix_seed`` is given: then all samples are shuffled together into mixed
+    batches (the ``mixed`` context) and the outputs are split back per dataset.
+    """
     model.eval()
-    loader = DataLoader(ConcatDataset(datasets), batch_size=batch_size, shuffle=False)
+    if mix_seed is None:
+        return [_predict(model, DataLoader(d, batch_size=batch_size), device) for d in datasets]
+    order = torch.randperm(sum(len(d) for d in datasets),
+                           generator=torch.Generator().manual_seed(mix_seed))
+    loader = DataLoader(Subset(ConcatDataset(datasets), order.tolist()), batch_size=batch_size)
+    logits, targets = _predict(model, loader, device)
+    inverse = torch.argsort(order).numpy()
+    logits, targets = logits[inverse], targets[inverse]
+    bounds = np.cumsum([0] + [len(d) for d in datasets])
+    return [(logits[a:b], targets[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _predict(model, loader, device):
     outs, ys = [], []
     for batch in loader:
-        x, y = batch[0], batch[1]
-        outs.append(model(x.to(device)).float().cpu())
-        ys.append(torch.as_tensor(y))
+        outs.append(model(batch[0].to(device)).float().cpu())
+        ys.append(torch.as_tensor(batch[1]))
     return torch.cat(outs).numpy(), torch.cat(ys).numpy()
 
 
@@ -161,11 +171,28 @@ class LogitsCollector(SupervisedPlugin):
         return torch.cat(logits).numpy(), torch.cat(targets).numpy()
 
 
-def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, config) -> Dict[str, Any]:
-    """Per-experience accuracy, step accuracy, ECE and novelty after training ``step``."""
+def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, config,
+                  seed: int) -> Dict[str, Any]:
+    """Per-experience accuracy, step accuracy, ECE and novelty after training ``step``.
+
+    ``reference`` and ``per_image`` contexts evaluate through Avalanche (one
+    task-homogeneous loader per experience); ``mixed`` shuffles the seen test data (and
+    the novel data, for novelty detection) together into cross-task batches.
+    """
     test_stream = benchmark.test_stream
-    strategy.eval(test_stream[: step + 1])
-    per_exp = [collector.logits_and_targets(k) for k in range(step + 1)]
+    batch_size = config["eval"]["batch_size"]
+    with_novelty = config["eval"]["novelty"] and step < len(test_stream) - 1
+    n_eval = len(test_stream) if with_novelty else step + 1
+    if config["eval"]["context"] == "mixed":
+        datasets = [test_stream[k].dataset.eval() for k in range(n_eval)]
+        outputs = predict_logits(strategy.model, datasets, batch_size, str(strategy.device),
+                                 mix_seed=seed * 1000 + step)
+        per_exp, novel = outputs[: step + 1], outputs[step + 1:]
+    else:
+        strategy.eval(test_stream[: step + 1])
+        per_exp = [collector.logits_and_targets(k) for k in range(step + 1)]
+        future = [test_stream[k].dataset.eval() for k in range(step + 1, n_eval)]
+        novel = predict_logits(strategy.model, future, batch_size, str(strategy.device))
     seen_logits = np.concatenate([l for l, _ in per_exp])
     seen_y = np.concatenate([y for _, y in per_exp])
     out = {
@@ -174,12 +201,10 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
         "ece": metrics.expected_calibration_error(seen_logits, seen_y),
         "novelty": None,
     }
-    if config["eval"]["novelty"] and step < len(test_stream) - 1:
-        future = [test_stream[k].dataset.eval() for k in range(step + 1, len(test_stream))]
-        ood_logits, _ = predict_logits(strategy.model, future, config["eval"]["batch_size"],
-                                       str(strategy.device))
+    if with_novelty:
+        novel_logits = np.concatenate([l for l, _ in novel])
         scores = metrics.novelty_metrics(metrics.energy_score(seen_logits),
-                                         metrics.energy_score(ood_logits))
+                                         metrics.energy_score(novel_logits))
         out["novelty"] = {"step": step, "score": "energy", **scores}
     return out
 
@@ -227,8 +252,6 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     output = Path(output)
     progress = config["logging"]["progress"] if progress is None else progress
     prepare_run_dir(output, config)
-    seed = config["run"] if config["seed"] is None else config["seed"]
-    RNGManager.set_random_seeds(seed)
     timer = Timer()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
     with timer.phase("extract"):
@@ -236,6 +259,9 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         benchmark = build_benchmark(config, backbone, cache, progress)
         text = stream_text_features(config, benchmark, backbone, cache)
     logit_scale = backbone.logit_scale if backbone is not None else SYNTHETIC_LOGIT_SCALE
+    # Seeded after extraction, so results do not depend on whether the cache was warm.
+    seed = config["run"] if config["seed"] is None else config["seed"]
+    RNGManager.set_random_seeds(seed)
     evaluator, tensorboard = make_evaluator(output, config, progress)
     collector = LogitsCollector()
     strategy = build_strategy(config, text, logit_scale, evaluator, plugins=[collector])
@@ -244,7 +270,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         with timer.phase("train"):
             strategy.train(experience)
         with timer.phase("eval"):
-            evaluated = evaluate_step(strategy, collector, benchmark, step, config)
+            evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed)
         rows.append(evaluated["row"])
         steps.append(evaluated)
         _log_step(tensorboard, step, evaluated)

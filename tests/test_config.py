@@ -24,7 +24,7 @@ def test_defaults_load_and_validate():
     config = load_config()
     assert config == defaults()
     validate(config)
-    assert config["method"] == "zeroshot"
+    assert config["method"] == "clap"
     assert config["backbone"] == {"arch": "tiny-vit", "pretrained": None, "precision": "fp32",
                                   "device": "cpu"}
     assert config["dataset"]["n_experiences"] == 5 and config["clap"]["lr"] == 0.0016
