@@ -107,6 +107,7 @@ class GaussianTaskHeads(nn.Module):
         self.sigma_bias = nn.ParameterList()
         self.sizes: List[int] = []
         self._layout = None
+        self._stack_cache = {}
 
     @property
     def n_tasks(self) -> int:
@@ -138,7 +139,12 @@ class GaussianTaskHeads(nn.Module):
                     params[k].requires_grad_(k in chosen)
 
     def layout(self, device):
-        """(index (T, Cmax) into classes with C for padding, flat positions of real classes)."""
+        """(index (T, Cmax) into classes with C for padding, flat positions of real classes).
+
+        None when all tasks have the same size: then grouping is a free reshape.
+        """
+        if len(set(self.sizes)) == 1:
+            return None
         if self._layout is None or self._layout[0].device != device:
             c_max = max(self.sizes)
             total = sum(self.sizes)
@@ -153,19 +159,54 @@ class GaussianTaskHeads(nn.Module):
 
     def forward(self, h: torch.Tensor):
         """μ and σ (None for deterministic heads) of refined features h (..., C, D)."""
-        index, real = self.layout(h.device)
-        padded = torch.cat([h, h.new_zeros(h.shape[:-2] + (1, h.shape[-1]))], dim=-2)
-        grouped = padded[..., index, :]                                      # (..., T, Cmax, D)
+        layout = self.layout(h.device)
+        lead, dim = h.shape[:-2], h.shape[-1]
+        if layout is None:
+            grouped = h.reshape(lead + (self.n_tasks, self.sizes[0], dim))
+        else:
+            padded = torch.cat([h, h.new_zeros(lead + (1, dim))], dim=-2)
+            grouped = padded[..., layout[0], :]                              # (..., T, Cmax, D)
+        # Task-major rows (T, N, D) so one bmm applies each task's weights to its rows;
+        # broadcasting (..., T, Cmax, D) @ (T, D, D) would copy the weights per image.
+        rows = grouped.movedim(-3, 0)
+        row_shape = rows.shape
+        rows = rows.reshape(self.n_tasks, -1, dim)
 
         def apply(weights, biases):
-            out = grouped @ torch.stack(list(weights)).transpose(-1, -2) + torch.stack(list(biases))[:, None, :]
-            return out.flatten(-3, -2)[..., real, :]
+            stacked_t, stacked_b = self._stacked(weights, biases)
+            out = torch.baddbmm(stacked_b[:, None, :], rows, stacked_t)
+            out = out.reshape(row_shape).movedim(0, -3).flatten(-3, -2)
+            return out if layout is None else out[..., layout[1], :]
 
         mu = apply(self.mu_weight, self.mu_bias)
         if not self.variational:
             return mu, None
         sigma = SIGMA_SCALE * F.softplus(apply(self.sigma_weight, self.sigma_bias)) + SIGMA_FLOOR
         return mu, sigma
+
+    def _stacked(self, weights, biases):
+        """(T, D, D) transposed weights and (T, D) biases of all tasks.
+
+        Without autograd (evaluation) the stacks are cached until a parameter changes:
+        stacking copies T·D² values, which would cost more than the product itself.
+        """
+        params = list(weights) + list(biases)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return torch.stack(list(weights)).transpose(-1, -2), torch.stack(list(biases))
+        key = tuple((p.data_ptr(), p._version) for p in params)  # _version counts in-place updates
+        cached = self._stack_cache.get(id(weights))
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                stacked = (torch.stack(list(weights)).transpose(-1, -2).contiguous(),
+                           torch.stack(list(biases)))
+            cached = (key, stacked)
+            self._stack_cache[id(weights)] = cached
+        return cached[1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_stack_cache"] = {}                 # derived data: not worth pickling
+        return state
 
     def forward_looped(self, h: torch.Tensor):
         """The same as ``forward`` with a Python loop over tasks (reference style; benchmarks)."""

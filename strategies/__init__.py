@@ -1,6 +1,6 @@
 """Avalanche strategies and plugins of clap4cl."""
 from .build import METHODS, build_clap_model, build_from_config, build_memory
-from .clap import CLAP
+from .clap import CLAP, clap_loss
 from .clip_adapter import CLIPAdapter
 from .exemplars import (SELECTORS, ClassBalancedMemory, FirstKExemplarsSelection,
                         make_selector)
@@ -9,5 +9,5 @@ from .zeroshot import ZeroShotCLIP, ZeroShotClassifier
 
 __all__ = ["CLAP", "CLIPAdapter", "ClassBalancedMemory", "FirstKExemplarsSelection", "METHODS",
            "ReplayTemplate", "SELECTORS", "ZeroShotCLIP", "ZeroShotClassifier",
-           "build_clap_model", "build_from_config", "build_memory", "make_selector",
+           "build_clap_model", "build_from_config", "build_memory", "clap_loss", "make_selector",
            "warmup_cosine"]

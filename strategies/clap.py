@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
 import torch.nn.functional as F
 
-from clap4cl.clap_model import ClapModel, kl_loss, language_loss
+from clap4cl.clap_model import ClapModel, ClapOutput, kl_loss, language_loss
 
 from .exemplars import ClassBalancedMemory
 from .replay_template import ReplayTemplate
@@ -104,15 +105,19 @@ class CLAP(ReplayTemplate):
     def criterion(self):
         if not self.is_training:
             return F.cross_entropy(self.mb_output, self.mb_y)
-        out = self.clap_output
-        n_samples = out.logits.shape[0]
-        loss = F.cross_entropy(out.logits.flatten(0, 1), self.mb_y.repeat(n_samples))
-        task_of_class = self.model.task_of_class()
-        if out.sigma is not None and self.kl_weight:
-            loss = loss + self.kl_weight * kl_loss(out.mu, out.sigma, task_of_class,
-                                                   self.regularized_tasks)
-        if self.beta:
-            text_mean = self.model.text_mean[: self.model.n_seen_classes]
-            loss = loss + self.beta * language_loss(text_mean, out.z_mean, task_of_class,
-                                                    self.regularized_tasks)
-        return loss
+        return clap_loss(self.model, self.clap_output, self.mb_y, self.regularized_tasks,
+                         beta=self.beta, kl_weight=self.kl_weight)
+
+
+def clap_loss(model: ClapModel, out: ClapOutput, targets: torch.Tensor, tasks: Sequence[int], *,
+              beta: float, kl_weight: float) -> torch.Tensor:
+    """L = CE over all M·B sample rows + kl_weight·KL + β·language loss, over ``tasks``."""
+    n_samples = out.logits.shape[0]
+    loss = F.cross_entropy(out.logits.flatten(0, 1), targets.repeat(n_samples))
+    task_of_class = model.task_of_class()
+    if out.sigma is not None and kl_weight:
+        loss = loss + kl_weight * kl_loss(out.mu, out.sigma, task_of_class, tasks)
+    if beta:
+        text_mean = model.text_mean[: model.n_seen_classes]
+        loss = loss + beta * language_loss(text_mean, out.z_mean, task_of_class, tasks)
+    return loss

@@ -159,6 +159,27 @@ def test_batched_heads_equal_per_task_loop_with_unequal_tasks():
         start += size
 
 
+def test_cached_head_stacks_follow_parameter_updates():
+    torch.manual_seed(6)
+    heads = GaussianTaskHeads(DIM)
+    for size in (2, 3):
+        heads.add_task(size)
+    h = torch.randn(5, DIM)
+    with torch.no_grad():
+        heads(h)                                          # fills the cache
+        heads.mu_weight[0].add_(1.0)                      # e.g. an optimizer step
+        heads.sigma_bias[1].mul_(2.0)
+        mu, sigma = heads(h)
+    mu_loop, sigma_loop = heads.forward_looped(h)
+    assert torch.allclose(mu, mu_loop, atol=1e-5) and torch.allclose(sigma, sigma_loop, atol=1e-5)
+    other = GaussianTaskHeads(DIM)
+    for size in (2, 3):
+        other.add_task(size)
+    with torch.no_grad():
+        heads.load_state_dict(other.state_dict())
+        assert torch.allclose(heads(h)[0], other.forward_looped(h)[0], atol=1e-5)
+
+
 @pytest.mark.parametrize("context", ["batch", "per_image"])
 def test_logits_equal_tau_times_image_dot_refined_text_plus_sample(context):
     model = grown_model(eval_context=context, mc_samples=4)

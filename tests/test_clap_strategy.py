@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
 from avalanche.training import Naive, Replay
@@ -14,6 +15,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 import scenarios
 import strategies
+from clap4cl.clap_model import kl_loss, language_loss
 from clap4cl.config import defaults, validate
 from strategies import ClassBalancedMemory, FirstKExemplarsSelection, warmup_cosine
 
@@ -111,6 +113,24 @@ def test_main_phase_trains_vga_and_newest_head_finetuning_only_heads(bench):
     assert torch.equal(tune[-1]["vga"], main[-1]["vga"])
     for k in (0, 1):
         assert not torch.equal(tune[0]["heads"][k], tune[-1]["heads"][k])
+
+
+def test_clap_loss_is_the_mean_per_sample_ce_plus_weighted_regularisers(bench):
+    model = strategies.build_clap_model(small_config(), bench.text_features, 100.0)
+    model.train()
+    model.adaptation(bench.train_stream[0])
+    model.adaptation(bench.train_stream[1])
+    x = torch.randn(6, bench.text_features.dim)
+    y = torch.tensor([0, 1, 2, 3, 2, 3])
+    out = model.forward_samples(x)
+    per_sample_ce = torch.stack([F.cross_entropy(out.logits[m], y) for m in range(out.logits.shape[0])])
+    ce_only = strategies.clap_loss(model, out, y, [1], beta=0.0, kl_weight=0.0)
+    assert torch.allclose(ce_only, per_sample_ce.mean(), atol=1e-5)
+    full = strategies.clap_loss(model, out, y, [1], beta=15.0, kl_weight=1e-3)
+    tasks = model.task_of_class()
+    extra = (1e-3 * kl_loss(out.mu, out.sigma, tasks, [1])
+             + 15.0 * language_loss(model.text_mean[:4], out.z_mean, tasks, [1]))
+    assert torch.allclose(full, ce_only + extra, atol=1e-5)
 
 
 # --------------------------------------------------------------------- memory
