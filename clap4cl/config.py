@@ -33,7 +33,8 @@ CHOICES = {
     "clap.train_context": ("batch", "per_image"),
     "clap.language_init_classes": ("all", "new"),
     "memory.policy": ("fixed_total", "per_class"),
-    "memory.selector": ("random", "reference_first_k"),
+    "memory.selector": ("random", "reference_first_k", "herding", "herding_logits", "entropy",
+                        "energy", "variance", "var_entropy", "distance"),
 }
 
 POSITIVE = ("dataset.n_experiences", "cache.batch_size", "eval.batch_size",

@@ -85,7 +85,7 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
         train, test = _image_level(splits, backbone, train_transform, eval_transform)
     else:
         train, test = _feature_level(splits, backbone, cache, progress, batch_size, num_workers)
-    benchmark = _nc_benchmark(train, test, order, sizes)
+    benchmark = _nc_benchmark(train, test, order, sizes, features=level == "features")
     return _annotate(benchmark, key, order, sizes, [splits.class_names[c] for c in order],
                      splits.templates, None, level, splits.fingerprint)
 
@@ -133,21 +133,24 @@ def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_exper
                                 first_experience_classes, data.train_targets.tolist(),
                                 data.test_targets.tolist())
     train = FeatureDataset([data.train_features, data.train_features_flip],
-                           data.train_targets.tolist(), train=True)
-    test = FeatureDataset([data.test_features], data.test_targets.tolist(), train=False)
-    benchmark = _nc_benchmark(train, test, order, sizes)
+                           data.train_targets.tolist())
+    test = FeatureDataset([data.test_features], data.test_targets.tolist())
+    benchmark = _nc_benchmark(train, test, order, sizes, features=True)
     text = data.text_features.select(order)
     return _annotate(benchmark, key, order, sizes, list(text.class_names), (), text,
                      "features", data.fingerprint)
 
 
-def _nc_benchmark(train, test, order: List[int], sizes: List[int]):
+def _nc_benchmark(train, test, order: List[int], sizes: List[int], features: bool = False):
     from avalanche.benchmarks import nc_benchmark
 
+    from .features import first_view, random_view
+
     per_exp = {0: sizes[0]} if len(set(sizes)) > 1 else None
+    transforms = dict(train_transform=random_view, eval_transform=first_view) if features else {}
     return nc_benchmark(train, test, n_experiences=len(sizes), task_labels=False,
                         fixed_class_order=order, class_ids_from_zero_from_first_exp=True,
-                        per_exp_classes=per_exp)
+                        per_exp_classes=per_exp, **transforms)
 
 
 def _annotate(benchmark, name, order, sizes, class_names, templates, text_features, level,

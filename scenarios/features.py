@@ -1,8 +1,9 @@
 """Feature-level datasets: frozen CLIP features instead of images.
 
 Training on cached features picks one of the train views (original, flipped) uniformly
-at random per sample and access, which is exactly the reference's RandomHorizontalFlip
-on a deterministic resize + centre crop (spec 9.2 item 1).
+at random per sample and access (the ``train`` transform group), which is exactly the
+reference's RandomHorizontalFlip on a deterministic resize + centre crop (spec 9.2 item 1);
+evaluation uses the original view.
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ class FeatureDataset(Dataset):
         views: sequence of (N, D) arrays or tensors (may be fp16 memory maps); view 0 is
             the original image, the others augmented views (the horizontal flip).
         targets: N integer labels.
-        train: when True each access returns a view drawn uniformly at random with
-            torch's global RNG (so seeding torch makes epochs reproducible); when
-            False it always returns view 0.
 
-    Items are ``(float32 tensor of shape (D,), int label)``.
+    Items are ``(float32 tensor (V, D) of all views, int label)``. The view is chosen by
+    the benchmark's transforms, so Avalanche's transform groups apply as for images:
+    ``random_view`` in the ``train`` group, ``first_view`` in the ``eval`` group
+    (``dataset.eval()`` always gives the original view).
     """
 
-    def __init__(self, views: Sequence, targets, train: bool):
+    def __init__(self, views: Sequence, targets):
         if not views:
             raise ValueError("FeatureDataset needs at least one view")
         n = len(views[0])
@@ -37,21 +38,29 @@ class FeatureDataset(Dataset):
             raise ValueError(f"{len(targets)} targets for {n} samples")
         self.views = list(views)
         self.targets = [int(t) for t in targets]
-        self.train = train
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        view = 0
-        if self.train and len(self.views) > 1:
-            view = int(torch.randint(len(self.views), ()).item())
-        row = self.views[view][index]
-        return torch.as_tensor(np.asarray(row, dtype=np.float32)), self.targets[index]
+        rows = np.stack([np.asarray(v[index], dtype=np.float32) for v in self.views])
+        return torch.from_numpy(rows), self.targets[index]
 
     @property
     def dim(self) -> int:
         return int(self.views[0].shape[1])
+
+
+def random_view(views: torch.Tensor) -> torch.Tensor:
+    """Train transform: one of the views uniformly at random (torch's global RNG)."""
+    if len(views) == 1:
+        return views[0]
+    return views[int(torch.randint(len(views), ()).item())]
+
+
+def first_view(views: torch.Tensor) -> torch.Tensor:
+    """Eval transform: the original view."""
+    return views[0]
 
 
 def to_feature_splits(splits, backbone, cache, *, batch_size: int = 128,
@@ -70,6 +79,6 @@ def to_feature_splits(splits, backbone, cache, *, batch_size: int = 128,
             batch_size=batch_size, num_workers=num_workers, progress=progress)
         return [found[v] for v in views]
 
-    train = FeatureDataset(encode(splits.train, "train", TRAIN_VIEWS), splits.train.targets, train=True)
-    test = FeatureDataset(encode(splits.test, "test", TEST_VIEWS), splits.test.targets, train=False)
+    train = FeatureDataset(encode(splits.train, "train", TRAIN_VIEWS), splits.train.targets)
+    test = FeatureDataset(encode(splits.test, "test", TEST_VIEWS), splits.test.targets)
     return train, test

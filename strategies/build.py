@@ -13,7 +13,8 @@ from clap4cl.text_features import ClassTextFeatures
 
 from .clap import CLAP
 from .clip_adapter import CLIPAdapter
-from .exemplars import ClassBalancedMemory, make_selector
+from .exemplars import ClassBalancedMemory
+from .selectors import make_selector
 from .zeroshot import ZeroShotCLIP
 
 METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter")

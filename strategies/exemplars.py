@@ -1,10 +1,9 @@
 """Replay memory with a per-class budget and pluggable exemplar selection.
 
-The selectors follow Avalanche's ``ExemplarsSelectionStrategy`` interface
-(``make_sorted_indices(strategy, data)``: best first), so the same selector works
-with Avalanche's ``ParametricBuffer`` and with this memory. The memory records each
-exemplar as (experience id, index) into that experience's dataset rather than as a
-copied dataset.
+The selectors (``strategies.selectors``) follow Avalanche's ``ExemplarsSelectionStrategy``
+interface, so the same selector works with Avalanche's ``ParametricBuffer`` and with this
+memory. The memory records each exemplar as (experience id, index) into that experience's
+dataset rather than as a copied dataset.
 """
 from __future__ import annotations
 
@@ -16,29 +15,6 @@ from avalanche.training.storage_policy import (ExemplarsSelectionStrategy,
                                                RandomExemplarsSelectionStrategy)
 
 POLICIES = ("fixed_total", "per_class")
-
-
-class FirstKExemplarsSelection(ExemplarsSelectionStrategy):
-    """The reference's ``random`` selector: the first samples per class in dataset order.
-
-    It is deterministic and nested across steps (spec B4); kept as ``reference_first_k``.
-    """
-
-    def make_sorted_indices(self, strategy, data) -> List[int]:
-        return list(range(len(data)))
-
-
-SELECTORS = {
-    "random": RandomExemplarsSelectionStrategy,
-    "reference_first_k": FirstKExemplarsSelection,
-}
-
-
-def make_selector(name: str) -> ExemplarsSelectionStrategy:
-    """The exemplar selector called ``name`` (see ``SELECTORS``)."""
-    if name not in SELECTORS:
-        raise ValueError(f"unknown exemplar selector {name!r}: choose one of {', '.join(SELECTORS)}")
-    return SELECTORS[name]()
 
 
 class ClassBalancedMemory:

@@ -179,7 +179,7 @@ def test_per_class_memory_keeps_k_per_class_and_random_selection_is_seeded(bench
 
 def test_unknown_selector_and_policy_are_clear_errors():
     with pytest.raises(ValueError, match="reference_first_k"):
-        strategies.make_selector("herding")
+        strategies.make_selector("herd")
     with pytest.raises(ValueError, match="per_class"):
         ClassBalancedMemory("ring")
 

@@ -90,6 +90,8 @@ def test_synthetic_train_items_draw_one_of_two_views():
     torch.manual_seed(0)
     seen = {tuple(dataset[0][0][:3].tolist()) for _ in range(30)}
     assert len(seen) == 2
+    original = {tuple(dataset.eval()[0][0][:3].tolist()) for _ in range(10)}
+    assert len(original) == 1 and original < seen            # eval group: the original view
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
