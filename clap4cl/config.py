@@ -24,6 +24,8 @@ NULLABLE = {
     "dataset.first_experience_classes": (int,),
     "dataset.templates": (list,),
     "cache.dir": (str,),
+    "eval.novelty_dataset": (str,),
+    "eval.novelty_root": (str,),
 }
 
 CHOICES = {

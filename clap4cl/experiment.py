@@ -14,7 +14,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.determinism.rng_manager import RNGManager
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from . import metrics
+from . import metrics, uncertainty
 from .config import dump
 from .errors import UserError
 from .feature_cache import FeatureCache
@@ -121,11 +121,12 @@ def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
 @torch.no_grad()
 def predict_logits(model, datasets, batch_size: int, device: str = "cpu",
                    mix_seed: Optional[int] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """(logits, targets) of ``model`` on each dataset, in dataset order.
+    """(sample logits (N, M, C), targets) of ``model`` on each dataset, in dataset order.
 
-    Batches are task-homogeneous (one loader per dataset, as the reference evaluates)
-    unless ``mix_seed`` is given: then all samples are shuffled together into mixed
-    batches (the ``mixed`` context) and the outputs are split back per dataset.
+    M is the model's Monte-Carlo sample count (1 for deterministic models). Batches are
+    task-homogeneous (one loader per dataset, as the reference evaluates) unless
+    ``mix_seed`` is given: then all samples are shuffled together into mixed batches
+    (the ``mixed`` context) and the outputs are split back per dataset.
     """
     model.eval()
     if mix_seed is None:
@@ -143,16 +144,18 @@ def predict_logits(model, datasets, batch_size: int, device: str = "cpu",
 def _predict(model, loader, device):
     outs, ys = [], []
     for batch in loader:
-        outs.append(model(batch[0].to(device)).float().cpu())
+        outs.append(uncertainty.sample_logits(model, batch[0].to(device)).float().cpu())
         ys.append(torch.as_tensor(batch[1]))
     return torch.cat(outs).numpy(), torch.cat(ys).numpy()
 
 
 class LogitsCollector(SupervisedPlugin):
-    """Keeps every evaluation mini-batch's logits and targets, per experience.
+    """Keeps every evaluation mini-batch's sample logits (B, M, C) and targets, per experience.
 
     The experiment's accuracy, calibration and novelty numbers come from the same
-    forward passes as Avalanche's own metrics: one evaluation pass per step.
+    forward passes as Avalanche's own metrics: one evaluation pass per step. Strategies
+    that sample (CLAP) leave their samples in ``mb_sample_logits``; for the others the
+    output is one sample.
     """
 
     def __init__(self):
@@ -163,8 +166,11 @@ class LogitsCollector(SupervisedPlugin):
         self.outputs = {}
 
     def after_eval_iteration(self, strategy, **kwargs):
+        samples = getattr(strategy, "mb_sample_logits", None)
+        if samples is None or len(samples) != len(strategy.mb_output):
+            samples = strategy.mb_output[:, None, :]
         batches = self.outputs.setdefault(strategy.experience.current_experience, [])
-        batches.append((strategy.mb_output.detach().float().cpu(), strategy.mb_y.cpu()))
+        batches.append((samples.detach().float().cpu(), strategy.mb_y.cpu()))
 
     def logits_and_targets(self, experience: int):
         logits, targets = zip(*self.outputs[experience])
@@ -172,41 +178,66 @@ class LogitsCollector(SupervisedPlugin):
 
 
 def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, config,
-                  seed: int) -> Dict[str, Any]:
+                  seed: int, external_ood=None) -> Dict[str, Any]:
     """Per-experience accuracy, step accuracy, ECE and novelty after training ``step``.
 
     ``reference`` and ``per_image`` contexts evaluate through Avalanche (one
     task-homogeneous loader per experience); ``mixed`` shuffles the seen test data (and
     the novel data, for novelty detection) together into cross-task batches.
+    ``external_ood``: a test dataset of another dataset, novel at every step.
     """
     test_stream = benchmark.test_stream
     batch_size = config["eval"]["batch_size"]
+    device = str(strategy.device)
     with_novelty = config["eval"]["novelty"] and step < len(test_stream) - 1
     n_eval = len(test_stream) if with_novelty else step + 1
     if config["eval"]["context"] == "mixed":
         datasets = [test_stream[k].dataset.eval() for k in range(n_eval)]
-        outputs = predict_logits(strategy.model, datasets, batch_size, str(strategy.device),
+        outputs = predict_logits(strategy.model, datasets, batch_size, device,
                                  mix_seed=seed * 1000 + step)
         per_exp, novel = outputs[: step + 1], outputs[step + 1:]
     else:
         strategy.eval(test_stream[: step + 1])
         per_exp = [collector.logits_and_targets(k) for k in range(step + 1)]
         future = [test_stream[k].dataset.eval() for k in range(step + 1, n_eval)]
-        novel = predict_logits(strategy.model, future, batch_size, str(strategy.device))
-    seen_logits = np.concatenate([l for l, _ in per_exp])
+        novel = predict_logits(strategy.model, future, batch_size, device)
+    seen_samples = np.concatenate([l for l, _ in per_exp])
+    seen_logits = seen_samples.mean(1)
     seen_y = np.concatenate([y for _, y in per_exp])
     out = {
-        "row": [float((l.argmax(1) == y).mean()) for l, y in per_exp],
+        "row": [float((l.mean(1).argmax(1) == y).mean()) for l, y in per_exp],
         "step_accuracy": float((seen_logits.argmax(1) == seen_y).mean()),
         "ece": metrics.expected_calibration_error(seen_logits, seen_y),
         "novelty": None,
+        "novelty_external": None,
+        "plot_data": {"reliability": (seen_logits, seen_y), "roc": None},
     }
     if with_novelty:
-        novel_logits = np.concatenate([l for l, _ in novel])
-        scores = metrics.novelty_metrics(metrics.energy_score(seen_logits),
-                                         metrics.energy_score(novel_logits))
-        out["novelty"] = {"step": step, "score": "energy", **scores}
+        novel_samples = np.concatenate([l for l, _ in novel])
+        out["novelty"] = _novelty_entry(step, seen_samples, novel_samples)
+        out["plot_data"]["roc"] = {
+            name: (uncertainty.novelty_score(name, seen_samples).numpy(),
+                   uncertainty.novelty_score(name, novel_samples).numpy())
+            for name in uncertainty.NOVELTY_SCORES}
+    if external_ood is not None:
+        (ood_samples, _), = predict_logits(strategy.model, [external_ood], batch_size, device)
+        out["novelty_external"] = _novelty_entry(step, seen_samples, ood_samples)
     return out
+
+
+def _novelty_entry(step: int, id_samples: np.ndarray, ood_samples: np.ndarray) -> Dict[str, Any]:
+    """Energy metrics at the top level (the paper's score) and every score under ``scores``."""
+    scores = metrics.novelty_scores_metrics(id_samples, ood_samples)
+    return {"step": step, "score": "energy", **scores["energy"], "scores": scores}
+
+
+def novelty_summary(entries: List[Dict[str, Any]]) -> Optional[Dict[str, Dict[str, float]]]:
+    """Per score, each metric averaged over the steps (None without entries)."""
+    if not entries:
+        return None
+    names = entries[0]["scores"]
+    return {name: {m: float(np.mean([e["scores"][name][m] for e in entries]))
+                   for m in ("auroc", "aupr", "fpr95")} for name in names}
 
 
 def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, Any]],
@@ -214,6 +245,8 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
     """The results.json document (DESIGN.md contract)."""
     n_exp = len(benchmark.train_stream)
     matrix = [row + [None] * (n_exp - len(row)) for row in rows]
+    novelty = [s["novelty"] for s in steps if s["novelty"] is not None]
+    external = [s["novelty_external"] for s in steps if s["novelty_external"] is not None]
     step_acc = [s["step_accuracy"] for s in steps]
     return {
         "method": config["method"],
@@ -232,7 +265,11 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
         "bwt": metrics.backward_transfer(rows),
         "forgetting": metrics.forgetting(rows),
         "ece": [s["ece"] for s in steps],
-        "novelty": [s["novelty"] for s in steps if s["novelty"] is not None],
+        "novelty": novelty,
+        "novelty_mean": novelty_summary(novelty),
+        "novelty_external": external,
+        "novelty_external_dataset": config["eval"]["novelty_dataset"],
+        "novelty_external_mean": novelty_summary(external),
         "timing": {k: round(v, 3) for k, v in timer.seconds.items()},
     }
 
@@ -254,6 +291,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     prepare_run_dir(output, config)
     timer = Timer()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
+    check_novelty_dataset(config)
     with timer.phase("extract"):
         backbone = load_backbone(config)
         benchmark = build_benchmark(config, backbone, cache, progress)
@@ -265,20 +303,66 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     evaluator, tensorboard = make_evaluator(output, config, progress)
     collector = LogitsCollector()
     strategy = build_strategy(config, text, logit_scale, evaluator, plugins=[collector])
-    rows, steps, results = [], [], {}
+    external_ood = load_external_ood(config, backbone, cache, progress)
+    rows, steps, results, plot_data = [], [], {}, {}
     for step, experience in enumerate(benchmark.train_stream):
         with timer.phase("train"):
             strategy.train(experience)
         with timer.phase("eval"):
-            evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed)
+            evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed,
+                                      external_ood)
+        latest = evaluated.pop("plot_data")
+        plot_data["reliability"] = latest["reliability"]
+        plot_data["roc"] = latest["roc"] or plot_data.get("roc")
         rows.append(evaluated["row"])
         steps.append(evaluated)
         _log_step(tensorboard, step, evaluated)
         results = summarise(config, benchmark, rows, steps, timer, completed=step + 1)
         write_json_atomic(output / "results.json", results)
+    write_plots(output, results, plot_data, tensorboard)
     if tensorboard is not None:
         tensorboard.writer.flush()
     return results
+
+
+def check_novelty_dataset(config) -> None:
+    """Fail before any extraction if ``eval.novelty_dataset`` cannot pair with the stream."""
+    import scenarios
+
+    name = config["eval"]["novelty_dataset"]
+    if name is None:
+        return
+    novel_is_synthetic = scenarios.canonical_name(name) == "synthetic"
+    if novel_is_synthetic != (config["dataset"]["name"] == "synthetic"):
+        raise UserError(f"eval.novelty_dataset = {name!r} cannot be compared with "
+                        f"dataset.name = {config['dataset']['name']!r}: synthetic features only "
+                        f"pair with synthetic features, images only with images")
+
+
+def load_external_ood(config, backbone, cache: FeatureCache, progress: bool):
+    """The test split of ``eval.novelty_dataset`` at feature level, or None."""
+    name = config["eval"]["novelty_dataset"]
+    if name is None:
+        return None
+    import scenarios
+
+    external = scenarios.class_incremental(
+        name, n_experiences=1, root=config["eval"]["novelty_root"], level="features",
+        backbone=backbone, cache=cache, progress=progress,
+        batch_size=config["cache"]["batch_size"], num_workers=config["cache"]["num_workers"])
+    return external.test_stream[0].dataset.eval()
+
+
+def write_plots(output: Path, results: Dict[str, Any], plot_data: Dict[str, Any], tensorboard) -> None:
+    """The run's four PNG plots in ``output/plots`` (and as TensorBoard figures)."""
+    from . import plots
+
+    figures = plots.run_figures(results, plot_data["reliability"], plot_data.get("roc"))
+    if tensorboard is not None:
+        step = results["completed_experiences"] - 1
+        for file_name, fig in figures.items():
+            tensorboard.writer.add_figure(f"plots/{file_name[:-4]}", fig, step, close=False)
+    plots.save_figures(figures, output / "plots")
 
 
 def _log_step(tensorboard, step: int, evaluated: Dict[str, Any]) -> None:
@@ -287,6 +371,8 @@ def _log_step(tensorboard, step: int, evaluated: Dict[str, Any]) -> None:
     writer = tensorboard.writer
     writer.add_scalar("summary/step_accuracy", evaluated["step_accuracy"], step)
     writer.add_scalar("summary/ece", evaluated["ece"], step)
-    if evaluated["novelty"]:
-        for name in ("auroc", "aupr", "fpr95"):
-            writer.add_scalar(f"novelty/energy_{name}", evaluated["novelty"][name], step)
+    for kind in ("novelty", "novelty_external"):
+        if evaluated[kind]:
+            for score, values in evaluated[kind]["scores"].items():
+                for name in ("auroc", "aupr", "fpr95"):
+                    writer.add_scalar(f"{kind}/{score}_{name}", values[name], step)

@@ -82,3 +82,13 @@ def novelty_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict:
         "aupr": float(average_precision_score(y, s)),
         "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
     }
+
+
+def novelty_scores_metrics(id_samples, ood_samples) -> dict:
+    """``novelty_metrics`` of every novelty score (``clap4cl.uncertainty.NOVELTY_SCORES``)
+    from in-distribution and novel sample logits, (N, M, C) or (N, C)."""
+    from .uncertainty import NOVELTY_SCORES, novelty_score
+
+    return {name: novelty_metrics(novelty_score(name, id_samples).numpy(),
+                                  novelty_score(name, ood_samples).numpy())
+            for name in NOVELTY_SCORES}

@@ -58,6 +58,7 @@ class CLAP(ReplayTemplate):
         self.regularized_tasks = []
         self.finetuning = False
         self.clap_output = None
+        self.mb_sample_logits = None
 
     # -------------------------------------------------------------- phases
     def prepare_main_phase(self) -> None:
@@ -97,9 +98,11 @@ class CLAP(ReplayTemplate):
 
     # -------------------------------------------------------------- step
     def forward(self):
-        if not self.is_training:
-            return self.model(self.mb_x)
+        """Mean-over-samples logits; the M samples stay in ``clap_output`` (and, in
+        evaluation, in ``mb_sample_logits`` (B, M, C) for uncertainty metrics)."""
         self.clap_output = self.model.forward_samples(self.mb_x)
+        if not self.is_training:
+            self.mb_sample_logits = self.clap_output.logits.detach().transpose(0, 1)
         return self.clap_output.mean_logits
 
     def criterion(self):

@@ -33,7 +33,7 @@ def small_config(method="clap", **clap):
     config = defaults()
     config["method"] = method
     config["clap"].update(epochs=3, finetune_epochs=1, mc_samples=8, vga_ffn_dim=64, **clap)
-    config["memory"].update(size=40)
+    config["memory"].update(size=200)
     config["clip_adapter"].update(epochs=3)
     validate(config)
     return config

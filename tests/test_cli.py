@@ -43,6 +43,8 @@ def test_default_run_writes_the_contract(default_run):
     assert set(results["timing"]) == {"extract", "train", "eval"}
     assert (root / "run" / "config.yaml").is_file()
     assert any((root / "run" / "tensorboard").rglob("events.out.tfevents*"))
+    assert sorted(p.name for p in (root / "run" / "plots").glob("*.png")) == sorted(
+        ["accuracy_matrix.png", "accuracy_per_step.png", "novelty_roc.png", "reliability.png"])
 
 
 SYNTHETIC_SMALL = ["--set", "dataset.name=synthetic", "--set", "dataset.n_experiences=3",
