@@ -104,6 +104,8 @@ def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 
+    from .plugin_metrics import calibration_plugin_metrics, continual_metrics
+
     loggers = []
     tensorboard = None
     if progress:
@@ -114,7 +116,9 @@ def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
     with warnings.catch_warnings():  # no loggers is a deliberate choice (--quiet, no TensorBoard)
         warnings.filterwarnings("ignore", message="No loggers specified")
         evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
-                                     loss_metrics(stream=True), loggers=loggers)
+                                     loss_metrics(stream=True),
+                                     *calibration_plugin_metrics(experience=False),
+                                     *continual_metrics(), loggers=loggers)
     return evaluator, tensorboard
 
 
@@ -208,6 +212,10 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
         "row": [float((l.mean(1).argmax(1) == y).mean()) for l, y in per_exp],
         "step_accuracy": float((seen_logits.argmax(1) == seen_y).mean()),
         "ece": metrics.expected_calibration_error(seen_logits, seen_y),
+        "calibration": metrics.calibration_metrics(seen_logits, seen_y, batch_size),
+        "task_aware_accuracy": float(np.mean(np.concatenate([
+            _task_aware_hits(l.mean(1), y, benchmark.classes_per_experience[k])
+            for k, (l, y) in enumerate(per_exp)]))),
         "novelty": None,
         "novelty_external": None,
         "plot_data": {"reliability": (seen_logits, seen_y), "roc": None},
@@ -223,6 +231,11 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
         (ood_samples, _), = predict_logits(strategy.model, [external_ood], batch_size, device)
         out["novelty_external"] = _novelty_entry(step, seen_samples, ood_samples)
     return out
+
+
+def _task_aware_hits(logits: np.ndarray, targets: np.ndarray, classes) -> np.ndarray:
+    classes = np.asarray(sorted(classes))
+    return classes[logits[:, classes].argmax(1)] == targets
 
 
 def _novelty_entry(step: int, id_samples: np.ndarray, ood_samples: np.ndarray) -> Dict[str, Any]:
@@ -248,6 +261,7 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
     novelty = [s["novelty"] for s in steps if s["novelty"] is not None]
     external = [s["novelty_external"] for s in steps if s["novelty_external"] is not None]
     step_acc = [s["step_accuracy"] for s in steps]
+    task_mean = [metrics.task_mean_accuracy(row) for row in rows]
     return {
         "method": config["method"],
         "dataset": config["dataset"]["name"],
@@ -262,9 +276,13 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
         "step_accuracy": step_acc,
         "avg_incremental_accuracy": metrics.average_incremental_accuracy(step_acc) if step_acc else None,
         "last_accuracy": step_acc[-1] if step_acc else None,
+        "step_accuracy_task_mean": task_mean,
+        "last_accuracy_task_mean": task_mean[-1] if task_mean else None,
+        "task_aware_accuracy": [s["task_aware_accuracy"] for s in steps],
         "bwt": metrics.backward_transfer(rows),
         "forgetting": metrics.forgetting(rows),
         "ece": [s["ece"] for s in steps],
+        "calibration": [s["calibration"] for s in steps],
         "novelty": novelty,
         "novelty_mean": novelty_summary(novelty),
         "novelty_external": external,

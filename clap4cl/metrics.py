@@ -92,3 +92,66 @@ def novelty_scores_metrics(id_samples, ood_samples) -> dict:
     return {name: novelty_metrics(novelty_score(name, id_samples).numpy(),
                                   novelty_score(name, ood_samples).numpy())
             for name in NOVELTY_SCORES}
+
+
+def negative_log_likelihood(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean of −log p_y."""
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    p_true = probs[np.arange(len(probs)), np.asarray(targets)]
+    return float(-np.log(np.clip(p_true, 1e-300, None)).mean())
+
+
+def brier_score(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over samples of Σ_c (p_c − 1[c = y])² (no 1/C factor, as the CML code)."""
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    onehot = np.eye(probs.shape[1])[np.asarray(targets)]
+    return float(((probs - onehot) ** 2).sum(1).mean())
+
+
+def aurc(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Area under the risk-coverage curve: samples sorted by MSP (descending); the risk at
+    coverage k/N is the error rate of the k most confident; AURC is its mean over k."""
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    errors = (probs.argmax(1) != np.asarray(targets)).astype(np.float64)
+    order = np.argsort(-probs.max(1), kind="stable")
+    risks = np.cumsum(errors[order]) / np.arange(1, len(errors) + 1)
+    return float(risks.mean())
+
+
+def excess_aurc(logits: np.ndarray, targets: np.ndarray) -> float:
+    """E-AURC = AURC − (r + (1 − r)·ln(1 − r)), r the overall error rate."""
+    r = float((np.asarray(logits).argmax(1) != np.asarray(targets)).mean())
+    optimal = r + (1 - r) * np.log(1 - r) if r < 1 else 1.0
+    return aurc(logits, targets) - optimal
+
+
+def batch_mean_ece(logits: np.ndarray, targets: np.ndarray, batch_size: int = 32) -> float:
+    """The reference's ECE: the mean of per-batch ECEs over consecutive batches (biased
+    upward compared with the dataset-level ECE; kept for comparison with the paper)."""
+    values = [expected_calibration_error(logits[i:i + batch_size], targets[i:i + batch_size])
+              for i in range(0, len(targets), batch_size)]
+    return float(np.mean(values))
+
+
+def task_mean_accuracy(per_experience: Sequence[float]) -> float:
+    """The reference's step accuracy: the unweighted mean of the per-experience accuracies."""
+    return float(np.mean(per_experience))
+
+
+def task_aware_accuracy(logits: np.ndarray, targets: np.ndarray, classes: Sequence[int]) -> float:
+    """Accuracy with the prediction restricted to ``classes`` (the task is known)."""
+    classes = np.asarray(sorted(classes))
+    restricted = np.asarray(logits)[:, classes]
+    return float((classes[restricted.argmax(1)] == np.asarray(targets)).mean())
+
+
+def calibration_metrics(logits: np.ndarray, targets: np.ndarray, batch_size: int = 32) -> dict:
+    """Dataset-level ECE, the reference's batch-mean ECE, NLL, Brier, AURC and E-AURC."""
+    return {
+        "ece": expected_calibration_error(logits, targets),
+        "ece_batch_mean": batch_mean_ece(logits, targets, batch_size),
+        "nll": negative_log_likelihood(logits, targets),
+        "brier": brier_score(logits, targets),
+        "aurc": aurc(logits, targets),
+        "eaurc": excess_aurc(logits, targets),
+    }

@@ -37,6 +37,10 @@ def test_default_run_writes_the_contract(default_run):
     for t, row in enumerate(matrix):
         assert all(v is None for v in row[t + 1:]) and all(0 <= v <= 1 for v in row[: t + 1])
     assert len(results["step_accuracy"]) == 5 and len(results["ece"]) == 5
+    assert set(results["calibration"][0]) == {"ece", "ece_batch_mean", "nll", "brier", "aurc", "eaurc"}
+    assert [c["ece"] for c in results["calibration"]] == results["ece"]
+    assert results["last_accuracy_task_mean"] == pytest.approx(sum(matrix[-1]) / 5)
+    assert all(a >= s - 1e-12 for a, s in zip(results["task_aware_accuracy"], results["step_accuracy"]))
     assert results["last_accuracy"] == results["step_accuracy"][-1]
     assert [n["step"] for n in results["novelty"]] == [0, 1, 2, 3]
     assert all(0 <= n["auroc"] <= 1 for n in results["novelty"])
