@@ -73,18 +73,28 @@ def reliability_diagram(logits: np.ndarray, targets: np.ndarray, title: str = ""
     return fig
 
 
-def novelty_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], title: str = "") -> plt.Figure:
-    """ROC curves, ``curves[name] = (in-distribution scores, novel scores)``."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+def novelty_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]],
+                auroc_per_step: Optional[Dict[str, List[Tuple[int, float]]]] = None,
+                title: str = "") -> plt.Figure:
+    """Left: ROC curves, ``curves[name] = (in-distribution scores, novel scores)``.
+    Right: AUROC of each score per step, ``auroc_per_step[name] = [(step, auroc), ...]``."""
+    fig, (ax, ax_steps) = plt.subplots(1, 2, figsize=(9, 4.2))
     for name, (id_scores, ood_scores) in curves.items():
         y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
         fpr, tpr, _ = roc_curve(y, np.concatenate([id_scores, ood_scores]))
         ax.plot(fpr, tpr, label=name)
     ax.plot([0, 1], [0, 1], "k:", linewidth=1)
     ax.set(xlabel="false positive rate (novel accepted)", ylabel="true positive rate (seen kept)",
-           title=title)
-    if curves:
-        ax.legend(loc="lower right", fontsize=8)
+           title=f"{title}, last step" if title else "last step")
+    for name, points in (auroc_per_step or {}).items():
+        steps, values = zip(*points)
+        ax_steps.plot(np.asarray(steps) + 1, 100 * np.asarray(values), marker="o", label=name)
+        ax_steps.set_xticks(np.asarray(steps) + 1)
+    ax_steps.axhline(50, color="k", linestyle=":", linewidth=1)
+    ax_steps.set(xlabel="experiences learned", ylabel="AUROC (%)", ylim=(0, 100), title="per step")
+    for axis in (ax, ax_steps):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -97,9 +107,17 @@ def run_figures(results: Dict, reliability: Tuple[np.ndarray, np.ndarray],
         "accuracy_per_step.png": accuracy_per_step(results["step_accuracy"], name),
         "accuracy_matrix.png": accuracy_matrix(results["accuracy_matrix"], name),
         "reliability.png": reliability_diagram(*reliability, f"{name}, last step"),
-        "novelty_roc.png": novelty_roc(roc_curves or {}, f"{name}: novelty ROC"),
+        "novelty_roc.png": novelty_roc(roc_curves or {}, _auroc_per_step(results["novelty"]),
+                                       f"{name}: novelty"),
     }
     return figures
+
+
+def _auroc_per_step(entries: List[Dict]) -> Dict[str, List[Tuple[int, float]]]:
+    if not entries:
+        return {}
+    return {score: [(e["step"], e["scores"][score]["auroc"]) for e in entries]
+            for score in entries[0]["scores"]}
 
 
 def save_figures(figures: Dict[str, plt.Figure], directory: Path) -> None:
