@@ -58,8 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"clap4cl: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("clap4cl: interrupted; results of finished experiences are kept in the run directory",
-              file=sys.stderr)
+        print("clap4cl: interrupted; finished experiences are kept in the run directory: "
+              "run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_BAD_INPUT
 

@@ -14,3 +14,7 @@ class ConfigError(UserError):
 
 class DataNotFoundError(UserError):
     """A dataset root is missing or empty."""
+
+
+class TrainingDivergedError(UserError):
+    """The loss became NaN or infinite; the message names where and what to try."""

@@ -1,6 +1,8 @@
 """One class-incremental experiment from a resolved config: the engine of ``clap4cl run``."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import time
@@ -298,11 +300,17 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+CHECKPOINT = "checkpoint.pkl"
+
+
 def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] = None) -> Dict[str, Any]:
     """Run one class-incremental experiment and write the run directory.
 
-    Returns the ``results.json`` document. ``results.json`` is rewritten after every
-    experience, so an interrupted run keeps what it finished.
+    Returns the ``results.json`` document. After every experience the run directory gets
+    ``results.json`` and an Avalanche checkpoint (strategy, model, memory, RNG states and
+    the results so far); running again on the same directory with the same config resumes
+    after the last finished experience and ends with the same results as an
+    uninterrupted run.
     """
     output = Path(output)
     progress = config["logging"]["progress"] if progress is None else progress
@@ -318,29 +326,78 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     # Seeded after extraction, so results do not depend on whether the cache was warm.
     seed = config["run"] if config["seed"] is None else config["seed"]
     RNGManager.set_random_seeds(seed)
-    evaluator, tensorboard = make_evaluator(output, config, progress)
-    collector = LogitsCollector()
-    strategy = build_strategy(config, text, logit_scale, evaluator, plugins=[collector])
+    evaluator, _ = make_evaluator(output, config, progress)
+    strategy = build_strategy(config, text, logit_scale, evaluator,
+                              plugins=[LogitsCollector(), _loss_guard()])
     external_ood = load_external_ood(config, backbone, cache, progress)
-    rows, steps, results, plot_data = [], [], {}, {}
-    for step, experience in enumerate(benchmark.train_stream):
+    strategy, start = resume(strategy, output, timer)
+    state = strategy.run_state
+    collector = next(p for p in strategy.plugins if isinstance(p, LogitsCollector))
+    tensorboard = _tensorboard_logger(strategy)
+    results = state["results"]
+    for step in range(start, len(benchmark.train_stream)):
         with timer.phase("train"):
-            strategy.train(experience)
+            strategy.train(benchmark.train_stream[step])
         with timer.phase("eval"):
             evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed,
                                       external_ood)
         latest = evaluated.pop("plot_data")
-        plot_data["reliability"] = latest["reliability"]
-        plot_data["roc"] = latest["roc"] or plot_data.get("roc")
-        rows.append(evaluated["row"])
-        steps.append(evaluated)
+        state["plot_data"]["reliability"] = latest["reliability"]
+        state["plot_data"]["roc"] = latest["roc"] or state["plot_data"].get("roc")
+        state["rows"].append(evaluated["row"])
+        state["steps"].append(evaluated)
         _log_step(tensorboard, step, evaluated)
-        results = summarise(config, benchmark, rows, steps, timer, completed=step + 1)
+        results = summarise(config, benchmark, state["rows"], state["steps"], timer,
+                            completed=step + 1)
+        state["results"] = results
+        state["timer"] = dict(timer.seconds)
+        save_run_checkpoint(strategy, output)
         write_json_atomic(output / "results.json", results)
-    write_plots(output, results, plot_data, tensorboard)
+    write_plots(output, results, state["plot_data"], tensorboard)
     if tensorboard is not None:
         tensorboard.writer.flush()
     return results
+
+
+def resume(strategy, output: Path, timer: Timer):
+    """(strategy, first experience to train): restored from ``output/checkpoint.pkl`` if
+    there is one, else the fresh strategy with an empty ``run_state``."""
+    from avalanche.checkpointing import maybe_load_checkpoint
+
+    path = output / CHECKPOINT
+    if path.is_file():
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints its device map
+                strategy, start = maybe_load_checkpoint(strategy, str(path))
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same problem
+            raise UserError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}): "
+                            f"delete it to start the run again") from exc
+        timer.seconds.update({k: v for k, v in strategy.run_state["timer"].items() if k != "extract"})
+        return strategy, start
+    strategy.run_state = {"rows": [], "steps": [], "plot_data": {}, "results": {}, "timer": {}}
+    return strategy, 0
+
+
+def save_run_checkpoint(strategy, output: Path) -> None:
+    """Avalanche checkpoint of the strategy (with ``run_state``), written atomically."""
+    from avalanche.checkpointing import save_checkpoint
+
+    tmp = output / f"{CHECKPOINT}.tmp{os.getpid()}"
+    save_checkpoint(strategy, str(tmp))
+    os.replace(tmp, output / CHECKPOINT)
+
+
+def _loss_guard():
+    import strategies
+
+    return strategies.NonFiniteLossGuard()
+
+
+def _tensorboard_logger(strategy):
+    from avalanche.logging import TensorboardLogger
+
+    loggers = getattr(strategy.evaluator, "loggers", [])
+    return next((lg for lg in loggers if isinstance(lg, TensorboardLogger)), None)
 
 
 def check_novelty_dataset(config) -> None:

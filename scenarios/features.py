@@ -50,6 +50,25 @@ class FeatureDataset(Dataset):
     def dim(self) -> int:
         return int(self.views[0].shape[1])
 
+    def __getstate__(self):
+        # Memory-mapped cache files are pickled by path (checkpoints stay small).
+        state = self.__dict__.copy()
+        state["views"] = [_MappedNpy(v.filename) if isinstance(v, np.memmap) and v.filename else v
+                          for v in self.views]
+        return state
+
+    def __setstate__(self, state):
+        state["views"] = [np.load(v.path, mmap_mode="r") if isinstance(v, _MappedNpy) else v
+                          for v in state["views"]]
+        self.__dict__.update(state)
+
+
+class _MappedNpy:
+    """A reference to an ``.npy`` file opened memory-mapped."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
 
 def random_view(views: torch.Tensor) -> torch.Tensor:
     """Train transform: one of the views uniformly at random (torch's global RNG)."""

@@ -1,0 +1,84 @@
+"""Resumable runs: SIGKILL mid-stream, resume, same results; a diverging loss stops cleanly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import strategies
+from clap4cl import experiment
+from clap4cl.cli import main
+from clap4cl.config import load_config
+
+ARGS = ["--set", "dataset.name=synthetic", "--set", "dataset.n_experiences=4",
+        "--set", "dataset.options={n_classes: 8, train_per_class: 60, test_per_class: 10}",
+        "--set", "clap.epochs=4", "--set", "logging.tensorboard=false"]
+
+
+def results_without_timing(run_dir):
+    results = json.loads((run_dir / "results.json").read_text())
+    results.pop("timing")
+    return results
+
+
+def start_run(run_dir):
+    return subprocess.Popen([sys.executable, "-m", "clap4cl.cli", "run", "--quiet", "--output",
+                             str(run_dir), *ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def completed(run_dir):
+    try:
+        return json.loads((run_dir / "results.json").read_text())["completed_experiences"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def test_sigkill_during_the_third_experience_then_resume_gives_the_uninterrupted_result(tmp_path):
+    assert main(["run", "--quiet", "--output", str(tmp_path / "whole"), *ARGS]) == 0
+    proc = start_run(tmp_path / "killed")
+    deadline = time.time() + 300
+    while completed(tmp_path / "killed") < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert completed(tmp_path / "killed") == 2              # killed inside the third experience
+    assert main(["run", "--quiet", "--output", str(tmp_path / "killed"), *ARGS]) == 0
+    assert results_without_timing(tmp_path / "killed") == results_without_timing(tmp_path / "whole")
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
+    config = load_config(None, [a for a in ARGS if a != "--set"])
+    first = experiment.run_experiment(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(strategies.CLAP, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = experiment.run_experiment(config, tmp_path / "run", progress=False)
+    first.pop("timing"), again.pop("timing")
+    assert again == first
+
+
+def test_non_finite_loss_stops_with_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+    real_loss = strategies.clap.clap_loss
+
+    def diverging(model, out, targets, tasks, **kwargs):
+        loss = real_loss(model, out, targets, tasks, **kwargs)
+        return loss * float("nan") if model.heads.n_tasks == 2 else loss
+
+    monkeypatch.setattr(strategies.clap, "clap_loss", diverging)
+    code = main(["run", "--quiet", "--output", str(tmp_path / "run"), *ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "the loss is nan at experience 1, epoch 0, iteration 0" in err
+    assert completed(tmp_path / "run") == 1 and (tmp_path / "run" / "checkpoint.pkl").is_file()
+    monkeypatch.setattr(strategies.clap, "clap_loss", real_loss)
+    assert main(["run", "--quiet", "--output", str(tmp_path / "run"), *ARGS]) == 0
+    assert completed(tmp_path / "run") == 4
+
+
+def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["run", "--quiet", "--output", str(tmp_path / "run"), *ARGS]) == 0
+    (tmp_path / "run" / "checkpoint.pkl").write_bytes(b"not a checkpoint")
+    assert main(["run", "--quiet", "--output", str(tmp_path / "run"), *ARGS]) == 2
+    assert "delete it" in capsys.readouterr().err
