@@ -82,3 +82,15 @@ def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "run" / "checkpoint.pkl").write_bytes(b"not a checkpoint")
     assert main(["run", "--quiet", "--output", str(tmp_path / "run"), *ARGS]) == 2
     assert "delete it" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
+    proc = start_run(tmp_path / "run")
+    deadline = time.time() + 300
+    while completed(tmp_path / "run") < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and b"run the same command again to resume" in err
+    assert main(["run", "--quiet", "--output", str(tmp_path / "run"), *ARGS]) == 0
+    assert completed(tmp_path / "run") == 4
