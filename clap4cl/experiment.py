@@ -178,6 +178,11 @@ class LogitsCollector(SupervisedPlugin):
         batches = self.outputs.setdefault(strategy.experience.current_experience, [])
         batches.append((samples.detach().float().cpu(), strategy.mb_y.cpu()))
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["outputs"] = {}                # refilled by every evaluation: not checkpointed
+        return state
+
     def logits_and_targets(self, experience: int):
         logits, targets = zip(*self.outputs[experience])
         return torch.cat(logits).numpy(), torch.cat(targets).numpy()

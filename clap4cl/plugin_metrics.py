@@ -43,6 +43,11 @@ class LogitsAccumulator(Metric[float]):
     def reset(self) -> None:
         self.logits, self.targets = [], []
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["logits"], state["targets"] = [], []   # per-evaluation buffers: not checkpointed
+        return state
+
 
 class LogitsPluginMetric(GenericPluginMetric[float, LogitsAccumulator]):
     """An evaluation metric of all logits of an experience (``emit_at="experience"``) or
@@ -92,6 +97,11 @@ class TaskAwareAccuracy(LogitsPluginMetric):
     def reset(self) -> None:
         super().reset()
         self.classes = []
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["classes"] = []
+        return state
 
     def _accuracy(self, logits, targets) -> float:
         masked = np.full_like(logits, -np.inf)

@@ -127,14 +127,17 @@ def _feature_level(splits: DatasetSplits, backbone, cache, progress, batch_size,
 def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_experience_classes,
                          dataset_kwargs):
     from .features import FeatureDataset
+    from .synthetic import synthetic_views
 
     data = get_feature_dataset(key, root, **dataset_kwargs)
     order, sizes = _plan_stream(data.n_classes, n_experiences, run, class_order,
                                 first_experience_classes, data.train_targets.tolist(),
                                 data.test_targets.tolist())
     train = FeatureDataset([data.train_features, data.train_features_flip],
-                           data.train_targets.tolist())
-    test = FeatureDataset([data.test_features], data.test_targets.tolist())
+                           data.train_targets.tolist(),
+                           source=(synthetic_views, {"split": "train", **dataset_kwargs}))
+    test = FeatureDataset([data.test_features], data.test_targets.tolist(),
+                          source=(synthetic_views, {"split": "test", **dataset_kwargs}))
     benchmark = _nc_benchmark(train, test, order, sizes, features=True)
     text = data.text_features.select(order)
     return _annotate(benchmark, key, order, sizes, list(text.class_names), (), text,

@@ -22,13 +22,16 @@ class FeatureDataset(Dataset):
             the original image, the others augmented views (the horizontal flip).
         targets: N integer labels.
 
+        source: optional ``(function, kwargs)`` that regenerates ``views``; such a dataset
+            is pickled as that recipe instead of its arrays (generated data, e.g. synthetic).
+
     Items are ``(float32 tensor (V, D) of all views, int label)``. The view is chosen by
     the benchmark's transforms, so Avalanche's transform groups apply as for images:
     ``random_view`` in the ``train`` group, ``first_view`` in the ``eval`` group
     (``dataset.eval()`` always gives the original view).
     """
 
-    def __init__(self, views: Sequence, targets):
+    def __init__(self, views: Sequence, targets, source=None):
         if not views:
             raise ValueError("FeatureDataset needs at least one view")
         n = len(views[0])
@@ -38,6 +41,7 @@ class FeatureDataset(Dataset):
             raise ValueError(f"{len(targets)} targets for {n} samples")
         self.views = list(views)
         self.targets = [int(t) for t in targets]
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -51,15 +55,23 @@ class FeatureDataset(Dataset):
         return int(self.views[0].shape[1])
 
     def __getstate__(self):
-        # Memory-mapped cache files are pickled by path (checkpoints stay small).
+        # Checkpoints stay small: generated data is pickled as its recipe, memory-mapped
+        # cache files by path.
         state = self.__dict__.copy()
-        state["views"] = [_MappedNpy(v.filename) if isinstance(v, np.memmap) and v.filename else v
-                          for v in self.views]
+        if self.source is not None:
+            state["views"] = None
+        else:
+            state["views"] = [_MappedNpy(v.filename) if isinstance(v, np.memmap) and v.filename
+                              else v for v in self.views]
         return state
 
     def __setstate__(self, state):
-        state["views"] = [np.load(v.path, mmap_mode="r") if isinstance(v, _MappedNpy) else v
-                          for v in state["views"]]
+        if state["views"] is None:
+            function, kwargs = state["source"]
+            state["views"] = function(**kwargs)
+        else:
+            state["views"] = [np.load(v.path, mmap_mode="r") if isinstance(v, _MappedNpy) else v
+                              for v in state["views"]]
         self.__dict__.update(state)
 
 

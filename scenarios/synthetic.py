@@ -24,6 +24,7 @@ streams, so e.g. changing ``test_per_class`` never changes the training data.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Tuple
@@ -111,6 +112,21 @@ def make_synthetic(n_classes: int = 10, dim: int = 64, n_templates: int = 8,
         train_targets=train_targets, test_features=_unit(test_raw), test_targets=test_targets,
         text_features=ClassTextFeatures.from_per_template(torch.from_numpy(per_template), names),
         class_names=names, fingerprint=make_fingerprint("synthetic", params))
+
+
+@functools.lru_cache(maxsize=1)
+def _generated(items: tuple) -> SyntheticFeatures:
+    return make_synthetic(**dict(items))
+
+
+def synthetic_views(split: str, **params) -> list:
+    """The feature views of a split (``train``: original and second view; ``test``),
+    regenerated from the parameters; one generation serves both splits."""
+    options = set(inspect.signature(make_synthetic).parameters)
+    data = _generated(tuple(sorted((k, v) for k, v in params.items() if k in options)))
+    if split == "train":
+        return [data.train_features, data.train_features_flip]
+    return [data.test_features]
 
 
 def load_synthetic(root=None, **params) -> SyntheticFeatures:

@@ -94,3 +94,27 @@ def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
     assert proc.returncode == 130 and b"run the same command again to resume" in err
     assert main(["run", "--quiet", "--output", str(tmp_path / "run"), *ARGS]) == 0
     assert completed(tmp_path / "run") == 4
+
+
+def test_feature_datasets_pickle_as_recipe_or_file_path(tmp_path):
+    import pickle
+
+    import numpy as np
+    import torch
+
+    import scenarios
+    from scenarios.features import FeatureDataset
+
+    bench = scenarios.class_incremental("synthetic", n_experiences=2, n_classes=4,
+                                        train_per_class=50, test_per_class=5)
+    base = bench.train_stream[0].dataset.eval()
+    blob = pickle.dumps(base)
+    assert len(blob) < 20_000                      # 200 x 64 x 2 float32 would be 100 kB
+    restored = pickle.loads(blob)
+    assert all(torch.equal(restored[i][0], base[i][0]) for i in range(len(base)))
+
+    path = tmp_path / "views.npy"
+    np.save(path, np.arange(40, dtype=np.float16).reshape(10, 4))
+    mapped = FeatureDataset([np.load(path, mmap_mode="r")], list(range(10)))
+    blob = pickle.dumps(mapped)
+    assert len(blob) < 1000 and torch.equal(pickle.loads(blob)[3][0], mapped[3][0])
