@@ -221,7 +221,7 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
         "ece": metrics.expected_calibration_error(seen_logits, seen_y),
         "calibration": metrics.calibration_metrics(seen_logits, seen_y, batch_size),
         "task_aware_accuracy": float(np.mean(np.concatenate([
-            _task_aware_hits(l.mean(1), y, benchmark.classes_per_experience[k])
+            metrics.task_aware_hits(l.mean(1), y, benchmark.classes_per_experience[k])
             for k, (l, y) in enumerate(per_exp)]))),
         "novelty": None,
         "novelty_external": None,
@@ -238,11 +238,6 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
         (ood_samples, _), = predict_logits(strategy.model, [external_ood], batch_size, device)
         out["novelty_external"] = _novelty_entry(step, seen_samples, ood_samples)
     return out
-
-
-def _task_aware_hits(logits: np.ndarray, targets: np.ndarray, classes) -> np.ndarray:
-    classes = np.asarray(sorted(classes))
-    return classes[logits[:, classes].argmax(1)] == targets
 
 
 def _novelty_entry(step: int, id_samples: np.ndarray, ood_samples: np.ndarray) -> Dict[str, Any]:

@@ -65,13 +65,6 @@ def forgetting(acc: List[List[Optional[float]]]) -> Optional[float]:
     return float(np.mean(drops))
 
 
-def energy_score(logits: np.ndarray) -> np.ndarray:
-    """logsumexp over classes: higher means more in-distribution."""
-    logits = np.asarray(logits, dtype=np.float64)
-    m = logits.max(axis=1)
-    return m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
-
-
 def novelty_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict:
     """AUROC and AUPR with in-distribution as the positive class, and FPR at 95 % TPR."""
     y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
@@ -138,11 +131,15 @@ def task_mean_accuracy(per_experience: Sequence[float]) -> float:
     return float(np.mean(per_experience))
 
 
+def task_aware_hits(logits: np.ndarray, targets: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Per sample: is the prediction restricted to ``classes`` (the task is known) correct?"""
+    classes = np.asarray(sorted(classes))
+    return classes[np.asarray(logits)[:, classes].argmax(1)] == np.asarray(targets)
+
+
 def task_aware_accuracy(logits: np.ndarray, targets: np.ndarray, classes: Sequence[int]) -> float:
     """Accuracy with the prediction restricted to ``classes`` (the task is known)."""
-    classes = np.asarray(sorted(classes))
-    restricted = np.asarray(logits)[:, classes]
-    return float((classes[restricted.argmax(1)] == np.asarray(targets)).mean())
+    return float(task_aware_hits(logits, targets, classes).mean())
 
 
 def calibration_metrics(logits: np.ndarray, targets: np.ndarray, batch_size: int = 32) -> dict:

@@ -104,10 +104,11 @@ class TaskAwareAccuracy(LogitsPluginMetric):
         return state
 
     def _accuracy(self, logits, targets) -> float:
-        masked = np.full_like(logits, -np.inf)
-        for i, classes in enumerate(self.classes):
-            masked[i, classes] = logits[i, classes]
-        return float((masked.argmax(1) == targets).mean())
+        hits = np.zeros(len(targets), dtype=bool)
+        for classes in {tuple(c) for c in self.classes}:
+            rows = np.array([tuple(c) == classes for c in self.classes])
+            hits[rows] = metrics.task_aware_hits(logits[rows], targets[rows], classes)
+        return float(hits.mean())
 
 
 class ContinualAccuracyMetric(PluginMetric[float]):

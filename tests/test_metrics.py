@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torchmetrics.classification import MulticlassCalibrationError
 
-from clap4cl.metrics import (average_incremental_accuracy, backward_transfer, energy_score,
+from clap4cl.metrics import (average_incremental_accuracy, backward_transfer,
                              expected_calibration_error, forgetting, novelty_metrics, softmax)
 
 
@@ -124,15 +124,6 @@ def test_softmax_rows_sum_to_one_and_are_shift_invariant():
 
 
 # ---- novelty detection --------------------------------------------------------------------
-
-def test_energy_score_is_logsumexp():
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((50, 7)) * 30
-    expected = torch.logsumexp(torch.from_numpy(logits), dim=1).numpy()
-    np.testing.assert_allclose(energy_score(logits), expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(energy_score(np.array([[0.0, 0.0, 0.0, 0.0]])), [math.log(4)])
-    assert np.isfinite(energy_score(np.array([[1e4, -1e4]]))).all()
-
 
 @pytest.mark.parametrize("seed", range(3))
 def test_auroc_and_aupr_equal_sklearn(seed):

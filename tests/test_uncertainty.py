@@ -48,6 +48,7 @@ def test_single_sample_logits_have_no_sample_spread():
     assert torch.equal(uncertainty.variance(logits), torch.zeros(5, dtype=torch.float64))
     assert torch.allclose(uncertainty.mutual_information(logits), torch.zeros(5, dtype=torch.float64))
     assert torch.allclose(uncertainty.energy(logits), torch.logsumexp(logits.double(), 1))
+    assert torch.isfinite(uncertainty.energy(torch.tensor([[1e4, -1e4]]))).all()
     with pytest.raises(ValueError, match="shape"):
         uncertainty.entropy(torch.zeros(2, 3, 4, 5))
 
