@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
+from .multimodal import MultimodalModule
 from .text_features import ClassTextFeatures
 
 CONTEXTS = ("batch", "per_image")
@@ -247,7 +248,7 @@ class ClapOutput:
         return self.mu if self.sigma is None else self.mu + self.sigma * self.eps_mean
 
 
-class ClapModel(DynamicModule):
+class ClapModel(MultimodalModule, DynamicModule):
     """CLAP4CLIP as an Avalanche dynamic module over frozen CLIP features.
 
     It grows one probabilistic head per training experience (language-initialised from
@@ -268,7 +269,22 @@ class ClapModel(DynamicModule):
         train_context, eval_context: VGA context in train and eval mode (``batch`` or
             ``per_image``).
         image_encoder: optional frozen ``FrozenCLIP`` for image inputs (B, 3, H, W).
+
+    As a :class:`clap4cl.multimodal.MultimodalModule` its removable components are the
+    ``image`` (replaced by the null image of :meth:`set_null_image`, e.g. the frozen
+    embedding of a grey image) and the visual ``guidance`` (off: h = t, the VGA-free
+    path; it needs the image). Masks are batch-wide because the VGA attends over the
+    batch; an empty mask is the text prior alone. ``head`` returns the log of the mean
+    of the M sample probabilities (the predictive distribution), while ``forward`` keeps
+    the reference's mean of logits.
     """
+
+    modality_names = ("image", "guidance")
+    per_sample_masks = False
+    requires = {"guidance": frozenset({"image"})}
+    allow_empty = True
+    null_mode = {"image": "null_input", "guidance": "zeros"}
+    bilinear_logit = True
 
     def __init__(self, text: ClassTextFeatures, logit_scale: float, *, vga: bool = True,
                  vga_heads: int = 1, vga_ffn_dim: int = 2048, vga_dropout: float = 0.1,
@@ -288,6 +304,7 @@ class ClapModel(DynamicModule):
         self.register_buffer("class_features", text.normalized.float().clone())
         self.register_buffer("text_mean", text.mean.float().clone())
         self.register_buffer("text_variance", text.variance.float().clone())
+        self.register_buffer("null_image", torch.zeros(dim))
         self.logit_scale = float(logit_scale)
         self.vga = VisualGuidedAttention(dim, vga_heads, vga_ffn_dim, vga_dropout) if vga else None
         self.heads = GaussianTaskHeads(dim, variational)
@@ -345,7 +362,7 @@ class ClapModel(DynamicModule):
         self.heads.set_trainable([self.heads.n_tasks - 1])
 
     # ------------------------------------------------------------------ forward
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised fp32 image features of images (B, 3, H, W) or features (B, D)."""
         if x.dim() == 4:
             if self.image_encoder is None:
@@ -354,24 +371,44 @@ class ClapModel(DynamicModule):
                 x = self.image_encoder.encode_images(x)
         return F.normalize(x.float(), dim=-1)
 
+    def encode(self, x: torch.Tensor):
+        return {"image": self.encode_images(x)}
+
+    def set_null_image(self, embedding: torch.Tensor) -> None:
+        """The image embedding that stands for "no image" (normalised; e.g. a grey image's)."""
+        self.null_image.copy_(F.normalize(embedding.detach().float().reshape(-1), dim=0))
+
     def current_context(self) -> str:
         return self.train_context if self.training else self.eval_context
 
-    def refined_text(self, images: torch.Tensor, context: Optional[str] = None) -> torch.Tensor:
-        """h = t + VGA(t, x̂): (C, D) for batch context, (B, C, D) per image."""
+    def refined_text(self, images: torch.Tensor, context: Optional[str] = None,
+                     guidance: bool = True) -> torch.Tensor:
+        """h = t + VGA(t, x̂): (C, D) for batch context, (B, C, D) per image; h = t
+        without ``guidance``."""
         context = context or self.current_context()
         t = self.class_features[: self.n_seen_classes]
-        if self.vga is None:
+        if self.vga is None or not guidance:
             return t if context == "batch" else t.expand(images.shape[0], -1, -1)
         return t + self.vga(t, images, self.task_of_class(), context)
 
     def forward_samples(self, x: torch.Tensor, n_samples: Optional[int] = None,
-                        context: Optional[str] = None) -> ClapOutput:
-        """All M sampled logits (M, B, C) plus μ, σ and the mean of ε."""
+                        context: Optional[str] = None,
+                        present: Optional[torch.Tensor] = None) -> ClapOutput:
+        """All M sampled logits (M, B, C) plus μ, σ and the mean of ε.
+
+        ``present`` (default: ``present_override``) is a batch-wide modality mask."""
+        images = self.encode_once(x)["image"]
+        present = self.present_override if present is None else present
+        self.last_present = present
+        return self.sample(images, present, n_samples, context)
+
+    def sample(self, images: torch.Tensor, present: Optional[torch.Tensor] = None,
+               n_samples: Optional[int] = None, context: Optional[str] = None) -> ClapOutput:
+        """:meth:`forward_samples` on encoded images, with the components of ``present``."""
         if self.n_seen_classes == 0:
             raise RuntimeError("the model has no heads yet: train it on an experience first")
-        images = self.encode(x)
-        h = self.refined_text(images, context)
+        images, guidance = self._apply_mask(images, present)
+        h = self.refined_text(images, context, guidance)
         mu, sigma = self.heads(h)
         base = self._scores(images, h + mu)                                 # (B, C)
         if sigma is None:
@@ -380,14 +417,57 @@ class ClapModel(DynamicModule):
         eps = torch.randn((m,) + mu.shape[-2:], device=mu.device)           # (M, C, D)
         return ClapOutput(base[None] + self._noise_scores(images, sigma, eps), mu, sigma, eps.mean(0))
 
+    def head(self, feats, present: Optional[torch.Tensor] = None, *,
+             mc_samples: bool = False) -> torch.Tensor:
+        """log of the mean over M samples of softmax (B, C), or the raw (M, B, C) logits."""
+        logits = self.sample(feats["image"], present).logits
+        if mc_samples:
+            return logits
+        return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
+
+    def embed(self, feats, present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The mean-over-samples logits (B, C): the image side is frozen, so only the
+        text side's output can serve as CLAP's representation (spec 4.2)."""
+        return self.sample(feats["image"], present).mean_logits
+
+    def logit_contributions(self, feats, present: Optional[torch.Tensor] = None):
+        """The logit split additively by where the class weight comes from, (B, C) each:
+        ``prior`` τ⟨x̂, t_c⟩ (zero-shot text), ``guidance`` τ⟨x̂, VGA_c⟩ and ``adapter``
+        τ⟨x̂, z̄_c⟩ (the task head's sample mean). They sum to the mean logit."""
+        images, guidance = self._apply_mask(feats["image"], present)
+        context = self.current_context()
+        t = self.class_features[: self.n_seen_classes]
+        h = self.refined_text(images, context, guidance)
+        mu, sigma = self.heads(h)
+        z = mu
+        if sigma is not None:
+            z = mu + sigma * torch.randn(mu.shape[-2:], device=mu.device) / math.sqrt(self.mc_samples)
+        prior = self._scores(images, t)
+        return {"prior": prior, "guidance": self._scores(images, h) - prior,
+                "adapter": self._scores(images, z)}
+
+    def _apply_mask(self, images, present):
+        """(images or the null image, guidance on?) for a batch-wide mask."""
+        if present is None:
+            return images, True
+        present = self.check_present(present.to(images.device), images.shape[0])
+        image_on, guidance_on = bool(present[0, 0]), bool(present[0, 1])
+        if not image_on:
+            if not self.null_image.any():
+                raise RuntimeError("removing the image needs a null image: call "
+                                   "model.set_null_image(embedding of a grey image)")
+            images = self.null_image.expand_as(images)
+        return images, guidance_on
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over M samples of the logits, (B, C).
 
         The mean is linear in ε, so it is computed from one draw ε̄ ~ N(0, I/M): the
         same distribution as averaging M sampled logits (spec 9.2 item 5).
         """
-        images = self.encode(x)
-        h = self.refined_text(images)
+        images, guidance = self._apply_mask(self.encode_once(x)["image"], self.present_override)
+        self.last_present = self.present_override
+        h = self.refined_text(images, guidance=guidance)
         mu, sigma = self.heads(h)
         logits = self._scores(images, h + mu)
         if sigma is not None:

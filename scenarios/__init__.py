@@ -70,6 +70,9 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
         ``classes_per_experience`` (lists of labels), ``level`` and ``fingerprint``.
     """
     key = canonical_name(name)
+    if key == "two_modality":
+        return _two_modality_benchmark(n_experiences, run, root, class_order,
+                                       first_experience_classes, dataset_kwargs)
     if key in FEATURE_DATASETS:
         return _synthetic_benchmark(key, n_experiences, run, root, class_order,
                                     first_experience_classes, dataset_kwargs)
@@ -142,6 +145,25 @@ def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_exper
     text = data.text_features.select(order)
     return _annotate(benchmark, key, order, sizes, list(text.class_names), (), text,
                      "features", data.fingerprint)
+
+
+def _two_modality_benchmark(n_experiences, run, root, class_order, first_experience_classes,
+                            dataset_kwargs):
+    from .features import FeatureDataset
+    from .two_modality import two_modality_views
+
+    data = get_feature_dataset("two_modality", root, **dataset_kwargs)
+    order, sizes = _plan_stream(data.n_classes, n_experiences, run, class_order,
+                                first_experience_classes, data.train_targets.tolist(),
+                                data.test_targets.tolist())
+    train = FeatureDataset([data.train_features], data.train_targets.tolist(),
+                           source=(two_modality_views, {"split": "train", **dataset_kwargs}))
+    test = FeatureDataset([data.test_features], data.test_targets.tolist(),
+                          source=(two_modality_views, {"split": "test", **dataset_kwargs}))
+    benchmark = _nc_benchmark(train, test, order, sizes, features=True)
+    benchmark.input_dims = dict(data.input_dims)
+    return _annotate(benchmark, "two_modality", order, sizes,
+                     [data.class_names[c] for c in order], (), None, "features", data.fingerprint)
 
 
 def _nc_benchmark(train, test, order: List[int], sizes: List[int], features: bool = False):

@@ -17,6 +17,7 @@ from .digits import load_digits
 from .fashion_mnist import load_fashion_mnist
 from .folders import load_cub200, load_image_folder, load_imagenet100, load_imagenet_r
 from .synthetic import SyntheticFeatures, load_synthetic
+from .two_modality import load_two_modality
 
 DATASETS: Dict[str, Callable[..., DatasetSplits]] = {
     "digits": load_digits,
@@ -31,11 +32,14 @@ DATASETS: Dict[str, Callable[..., DatasetSplits]] = {
 
 FEATURE_DATASETS: Dict[str, Callable[..., SyntheticFeatures]] = {
     "synthetic": load_synthetic,
+    "two_modality": load_two_modality,
 }
 
+# Feature datasets without class text (not for CLIP-based methods).
+MULTIMODAL_DATASETS = frozenset({"two_modality"})
 
 # Datasets that read no files (``root`` is ignored).
-NO_DATA_FILES = frozenset({"digits", "synthetic"})
+NO_DATA_FILES = frozenset({"digits", "synthetic", "two_modality"})
 
 
 def available_datasets() -> List[str]:

@@ -121,7 +121,8 @@ class HerdingSelection(ExemplarsSelectionStrategy):
 
 
 def _image_features(model, x):
-    return model.encode(x) if hasattr(model, "encode") else x.flatten(1)
+    """The model's image features (CLAP's normalised frozen features), else the inputs."""
+    return model.encode_images(x) if hasattr(model, "encode_images") else x.flatten(1)
 
 
 SELECTORS = {
