@@ -29,7 +29,10 @@ NULLABLE = {
 }
 
 CHOICES = {
-    "method": ("zeroshot", "clap", "clap_deterministic", "clip_adapter"),
+    "method": ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder"),
+    "eval.reliability_pairs": ("leave_one_out", "all_nested"),
+    "multi_encoder.fusion": ("concat", "late"),
+    "multi_encoder.fill": ("zeros", "mean", "learned"),
     "backbone.precision": ("fp32", "fp16", "bf16"),
     "eval.context": ("per_image", "mixed", "reference"),
     "clap.train_context": ("batch", "per_image"),
@@ -41,12 +44,13 @@ CHOICES = {
 
 POSITIVE = ("dataset.n_experiences", "cache.batch_size", "eval.batch_size",
             "clap.batch_size", "clap.mc_samples", "clap.vga_heads", "clap.vga_ffn_dim",
-            "clip_adapter.batch_size", "clip_adapter.reduction")
+            "clip_adapter.batch_size", "clip_adapter.reduction", "multi_encoder.hidden",
+            "multi_encoder.fused_hidden", "multi_encoder.batch_size", "multi_encoder.lr")
 NON_NEGATIVE = ("run", "cache.num_workers", "clap.epochs", "clap.finetune_epochs",
                 "clap.lr", "clap.beta", "clap.kl_weight", "clap.finetune_lr_factor",
                 "clap.warmup_fraction", "clap.min_lr_factor", "clap.vga_dropout",
                 "clip_adapter.epochs", "clip_adapter.lr", "clip_adapter.ratio",
-                "memory.size", "memory.per_class")
+                "memory.size", "memory.per_class", "multi_encoder.epochs")
 
 
 def defaults() -> Dict[str, Any]:
@@ -150,6 +154,18 @@ def validate(config: Dict[str, Any]) -> None:
     if not isinstance(config["plugins"], list) or not all(
             isinstance(p, (dict, str)) for p in config["plugins"]):
         raise ConfigError("plugins must be a list such as [{name: cml, weight: 1.0}]")
+    _check_method_data(config)
+    from strategies.plugins import build_plugins
+
+    build_plugins(config["plugins"])  # unknown plugins and options fail before any work
+
+
+def _check_method_data(config) -> None:
+    multimodal_data = str(config["dataset"]["name"]).replace("-", "_").lower() == "two_modality"
+    if multimodal_data != (config["method"] == "multi_encoder"):
+        raise ConfigError(f"method {config['method']!r} cannot run on dataset "
+                          f"{config['dataset']['name']!r}: the two_modality stream goes with "
+                          f"method multi_encoder, CLIP methods with image or synthetic data")
 
 
 def _check_types(config, reference, prefix) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -74,30 +75,53 @@ def build_benchmark(config: Dict[str, Any], backbone, cache: FeatureCache, progr
 
 
 def load_backbone(config: Dict[str, Any]):
-    """The frozen CLIP of the config, or None for the synthetic feature stream."""
+    """The frozen CLIP of the config, or None for feature-only streams (synthetic, two_modality)."""
     from .backbones import load_clip
 
-    if config["dataset"]["name"] == "synthetic":
+    if _feature_only(config):
         return None
     bb = config["backbone"]
     return load_clip(bb["arch"], bb["pretrained"], precision=bb["precision"], device=bb["device"])
 
 
 def stream_text_features(config, benchmark, backbone, cache: FeatureCache):
-    """Class text statistics of every class of the stream, in label order."""
+    """Class text statistics of every class of the stream, in label order (None for
+    streams without class text, such as two_modality)."""
+    if getattr(benchmark, "input_dims", None) is not None:
+        return None
     if getattr(benchmark, "text_features", None) is not None:
         return benchmark.text_features
     templates = config["dataset"]["templates"] or benchmark.templates
     return class_text_features(backbone, benchmark.class_names, templates, cache_dir=cache.root)
 
 
-def build_strategy(config, text_features, logit_scale, evaluator, plugins):
-    """The Avalanche strategy of ``config['method']`` (see ``strategies.build_from_config``)."""
+def build_strategy(config, text_features, logit_scale, evaluator, plugins, benchmark=None):
+    """The Avalanche strategy of ``config['method']`` (see ``strategies.build_from_config``)
+    with the config's ``plugins`` (CML, MAR, ...) before ``plugins``."""
     import strategies
 
-    return strategies.build_from_config(config, text_features=text_features,
-                                        logit_scale=logit_scale, evaluator=evaluator,
-                                        plugins=plugins)
+    input_dims = getattr(benchmark, "input_dims", None)
+    n_classes = len(benchmark.class_names) if benchmark is not None else None
+    strategy = strategies.build_from_config(
+        config, text_features=text_features, logit_scale=logit_scale, evaluator=evaluator,
+        plugins=[*strategies.build_plugins(config["plugins"]), *plugins],
+        input_dims=input_dims, n_classes=n_classes)
+    return strategy
+
+
+def null_image_embedding(backbone, benchmark) -> Optional[torch.Tensor]:
+    """The embedding that stands for "no image" when a modality subset removes it: a
+    mid-grey image through the frozen encoder (data-independent, no class prior), or the
+    synthetic stream's content-free gap direction."""
+    if getattr(benchmark, "null_image", None) is not None:
+        return benchmark.null_image
+    if backbone is None:
+        return None
+    from PIL import Image
+
+    grey = Image.new("RGB", (224, 224), (128, 128, 128))
+    with torch.no_grad():
+        return backbone.encode_images(backbone.preprocess_test(grey)[None])[0].float()
 
 
 def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
@@ -237,7 +261,28 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
     if external_ood is not None:
         (ood_samples, _), = predict_logits(strategy.model, [external_ood], batch_size, device)
         out["novelty_external"] = _novelty_entry(step, seen_samples, ood_samples)
+    out["reliability"] = reliability_entry(strategy.model, test_stream, step, config, device)
     return out
+
+
+def reliability_entry(model, test_stream, step: int, config, device) -> Optional[Dict[str, Any]]:
+    """VRR, per-removed-modality VRR, mean violation and per-subset accuracy on the seen
+    test data (multimodal models; CLAP only once it has a null image), plus CLAP's class
+    prior probe."""
+    from .modality_metrics import class_prior_probe, reliability_report
+    from .multimodal import MultimodalModule
+
+    if not isinstance(model, MultimodalModule):
+        return None
+    if hasattr(model, "null_image") and not model.null_image.any():
+        return None
+    report = reliability_report(model, [test_stream[k].dataset.eval() for k in range(step + 1)],
+                                batch_size=config["eval"]["batch_size"], device=device,
+                                pairs=config["eval"]["reliability_pairs"])
+    entry = {"step": step, **report}
+    if model.allow_empty:
+        entry.update(class_prior_probe(model))
+    return entry
 
 
 def _novelty_entry(step: int, id_samples: np.ndarray, ood_samples: np.ndarray) -> Dict[str, Any]:
@@ -267,7 +312,7 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
     return {
         "method": config["method"],
         "dataset": config["dataset"]["name"],
-        "backbone": config["backbone"]["arch"] if config["dataset"]["name"] != "synthetic" else None,
+        "backbone": None if _feature_only(config) else config["backbone"]["arch"],
         "run": config["run"],
         "n_experiences": n_exp,
         "completed_experiences": completed,
@@ -290,8 +335,16 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
         "novelty_external": external,
         "novelty_external_dataset": config["eval"]["novelty_dataset"],
         "novelty_external_mean": novelty_summary(external),
+        "plugins": [_plugin_name(p) for p in config["plugins"]],
+        "reliability": [s.get("reliability") for s in steps] if any(s.get("reliability") for s in steps) else None,
         "timing": {k: round(v, 3) for k, v in timer.seconds.items()},
     }
+
+
+def _feature_only(config) -> bool:
+    from scenarios.registry import is_feature_dataset
+
+    return is_feature_dataset(config["dataset"]["name"])
 
 
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
@@ -328,7 +381,10 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     RNGManager.set_random_seeds(seed)
     evaluator, _ = make_evaluator(output, config, progress)
     strategy = build_strategy(config, text, logit_scale, evaluator,
-                              plugins=[LogitsCollector(), _loss_guard()])
+                              plugins=[LogitsCollector(), _loss_guard()], benchmark=benchmark)
+    null_image = null_image_embedding(backbone, benchmark)
+    if null_image is not None and hasattr(strategy.model, "set_null_image"):
+        strategy.model.set_null_image(null_image)
     external_ood = load_external_ood(config, backbone, cache, progress)
     strategy, start = resume(strategy, output, timer)
     state = strategy.run_state
@@ -356,7 +412,36 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     write_plots(output, results, state["plot_data"], tensorboard)
     if tensorboard is not None:
         tensorboard.writer.flush()
+    regularizers = [p for p in config["plugins"] if _plugin_name(p) != "modality_dropout"]
+    if config["eval"]["baseline_without_regularizers"] and regularizers:
+        results = add_baseline(config, output, results, progress)
+        write_json_atomic(output / "results.json", results)
     return results
+
+
+def add_baseline(config, output: Path, results: Dict[str, Any], progress: bool) -> Dict[str, Any]:
+    """Run the same experiment without the regularising plugins (modality dropout kept, so
+    subset predictions stay in distribution) into ``output/baseline`` and put its
+    reliability and accuracy beside the run's: the plugins' "before" and "after"."""
+    plain = copy.deepcopy(config)
+    plain["plugins"] = [p for p in config["plugins"] if _plugin_name(p) == "modality_dropout"]
+    base = run_experiment(plain, output / "baseline", progress=progress)
+    last = lambda r: (r["reliability"] or [None])[-1]  # noqa: E731
+    results = dict(results)
+    results["baseline"] = {k: base[k] for k in ("step_accuracy", "last_accuracy",
+                                                "avg_incremental_accuracy", "ece", "reliability")}
+    results["plugin_effect"] = {
+        "baseline_plugins": [_plugin_name(p) for p in plain["plugins"]],
+        "vrr_before": last(base) and last(base)["VRR"],
+        "vrr_after": last(results) and last(results)["VRR"],
+        "last_accuracy_before": base["last_accuracy"],
+        "last_accuracy_after": results["last_accuracy"],
+    }
+    return results
+
+
+def _plugin_name(spec) -> str:
+    return spec if isinstance(spec, str) else spec.get("name")
 
 
 def resume(strategy, output: Path, timer: Timer):

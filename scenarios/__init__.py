@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence
 
+import torch
+
 from clap4cl.errors import UserError
 
 from .base import ArrayImageDataset, DatasetSplits, FileImageDataset, ImageDataset
@@ -143,6 +145,7 @@ def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_exper
                           source=(synthetic_views, {"split": "test", **dataset_kwargs}))
     benchmark = _nc_benchmark(train, test, order, sizes, features=True)
     text = data.text_features.select(order)
+    benchmark.null_image = torch.from_numpy(data.null_image)
     return _annotate(benchmark, key, order, sizes, list(text.class_names), (), text,
                      "features", data.fingerprint)
 

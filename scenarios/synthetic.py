@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,6 +51,8 @@ class SyntheticFeatures:
         text_features: per-template text embeddings of the classes (class id order).
         class_names: ``("class 0", "class 1", ...)``.
         fingerprint: identifies the generating parameters.
+        null_image: the image-side embedding without class content (the unit gap
+            direction g), the analogue of a grey image for removing the image modality.
     """
 
     train_features: np.ndarray
@@ -61,6 +63,7 @@ class SyntheticFeatures:
     text_features: ClassTextFeatures
     class_names: Tuple[str, ...]
     fingerprint: str
+    null_image: Optional[np.ndarray] = None
 
     @property
     def n_classes(self) -> int:
@@ -102,7 +105,7 @@ def make_synthetic(n_classes: int = 10, dim: int = 64, n_templates: int = 8,
     prototypes = _unit(text_rng.standard_normal((n_classes, dim)))
     per_template = _unit(prototypes[:, None, :] + template_noise * _unit_noise(
         text_rng, (n_classes, n_templates, dim)))
-    centres = _image_centres(prototypes, centre_rng, modality_gap, misalignment, class_offset)
+    centres, gap = _image_centres(prototypes, centre_rng, modality_gap, misalignment, class_offset)
     train_raw, train_targets = _sample(centres, train_per_class, noise, train_rng)
     test_raw, test_targets = _sample(centres, test_per_class, noise, test_rng)
     flip_raw = train_raw + view_noise * _unit_noise(train_rng, train_raw.shape)
@@ -111,7 +114,8 @@ def make_synthetic(n_classes: int = 10, dim: int = 64, n_templates: int = 8,
         train_features=_unit(train_raw), train_features_flip=_unit(flip_raw),
         train_targets=train_targets, test_features=_unit(test_raw), test_targets=test_targets,
         text_features=ClassTextFeatures.from_per_template(torch.from_numpy(per_template), names),
-        class_names=names, fingerprint=make_fingerprint("synthetic", params))
+        class_names=names, fingerprint=make_fingerprint("synthetic", params),
+        null_image=gap.astype(np.float32))
 
 
 @functools.lru_cache(maxsize=1)
@@ -192,7 +196,7 @@ def _image_centres(prototypes, rng, modality_gap, misalignment, class_offset) ->
     gap = _gap_direction(protos, rng)
     pulled = protos + misalignment * (protos[_confusers(n_classes, rng)] - protos)
     offsets = class_offset * _unit(rng.standard_normal((n_classes, dim))).astype(np.float64)
-    return pulled + offsets + modality_gap * gap[None, :]
+    return pulled + offsets + modality_gap * gap[None, :], gap
 
 
 def _sample(centres: np.ndarray, per_class: int, noise: float, rng: np.random.Generator):

@@ -12,6 +12,7 @@ Items are the two modalities side by side, (d_a + d_b,) float32, which is what
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -80,5 +81,6 @@ def load_two_modality(root=None, *, n_classes: int = 4, dim: int = 8, b_mode: st
 
 def two_modality_views(split: str, **params) -> list:
     """The views of one split, regenerated (how checkpoints pickle this dataset)."""
-    data = load_two_modality(**params)
+    options = set(inspect.signature(make_two_modality).parameters)
+    data = make_two_modality(**{k: v for k, v in params.items() if k in options})
     return [data.train_features if split == "train" else data.test_features]

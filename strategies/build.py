@@ -5,19 +5,22 @@ object, so experiment scripts and the CLI never repeat the wiring.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 from clap4cl.adapter_model import CLIPAdapterModel
 from clap4cl.clap_model import ClapModel
+from clap4cl.multi_encoder_model import MultiEncoderClassifier
 from clap4cl.text_features import ClassTextFeatures
 
 from .clap import CLAP
 from .clip_adapter import CLIPAdapter
 from .exemplars import ClassBalancedMemory
+from .multi_encoder import AdamNaive
 from .selectors import make_selector
 from .zeroshot import ZeroShotCLIP
 
-METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter")
+METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder")
 
 
 def model_eval_context(eval_context: str) -> str:
@@ -49,9 +52,33 @@ def build_clap_model(config: Dict[str, Any], text: ClassTextFeatures, logit_scal
         eval_context=model_eval_context(config["eval"]["context"]), image_encoder=image_encoder)
 
 
+def build_multi_encoder(config: Dict[str, Any], input_dims, n_classes, *, eval_mb_size, device,
+                        plugins, evaluator):
+    """Avalanche ``Naive`` (Adam, cross-entropy) on a ``MultiEncoderClassifier``, with
+    Avalanche's ``ReplayPlugin`` when ``memory.size`` > 0."""
+    import torch
+    from avalanche.training.plugins import ReplayPlugin
+
+    if not input_dims or not n_classes:
+        raise ValueError("multi_encoder needs input_dims and n_classes (a two_modality stream)")
+    m = config["multi_encoder"]
+    model = MultiEncoderClassifier(input_dims, n_classes, fusion=m["fusion"], fill=m["fill"],
+                                   hidden=m["hidden"], fused_hidden=m["fused_hidden"])
+    plugins = list(plugins)
+    if config["memory"]["size"]:
+        plugins.append(ReplayPlugin(mem_size=config["memory"]["size"]))
+        # Avalanche 0.6's own ReplayPlugin calls its deprecated storage-policy API
+        warnings.filterwarnings("ignore", message="Call to deprecated function update",
+                                category=DeprecationWarning)
+    return AdamNaive(model=model, lr=m["lr"], criterion=torch.nn.CrossEntropyLoss(),
+                     train_mb_size=m["batch_size"], train_epochs=m["epochs"],
+                     eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator)
+
+
 def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeatures,
                       logit_scale: float, evaluator=None, plugins: Sequence = (),
-                      image_encoder=None, device: Optional[str] = None):
+                      image_encoder=None, device: Optional[str] = None,
+                      input_dims: Optional[Dict[str, int]] = None, n_classes: Optional[int] = None):
     """The strategy of ``config['method']`` with every hyperparameter from ``config``.
 
     Args:
@@ -62,6 +89,8 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
         plugins: extra Avalanche plugins.
         image_encoder: a frozen encoder, for streams of images rather than features.
         device: training device (default: ``backbone.device``).
+        input_dims, n_classes: the modalities' widths and the stream's classes
+            (``multi_encoder`` only; ``benchmark.input_dims`` of the two_modality stream).
     """
     method = config["method"]
     device = device or config["backbone"]["device"]
@@ -70,6 +99,8 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
     if method == "zeroshot":
         return ZeroShotCLIP(class_features=text_features.normalized, logit_scale=logit_scale,
                             image_encoder=image_encoder, **common)
+    if method == "multi_encoder":
+        return build_multi_encoder(config, input_dims, n_classes, **common)
     memory = build_memory(config["memory"])
     if method in ("clap", "clap_deterministic"):
         c = config["clap"]

@@ -162,6 +162,9 @@ class MARPlugin(RegularizerPlugin):
             self.history.append({"experience": strategy.clock.train_exp_counter,
                                  "scores": dict(self.scores), "weak": sorted(self.weak)})
 
+    def after_training_exp(self, strategy, **kwargs):
+        self.heldout = None          # data of this experience: not kept in checkpoints
+
     @torch.no_grad()
     def evaluate_subsets(self, strategy) -> Dict[Subset, Dict[str, np.ndarray]]:
         """Accuracy, NLL and predicted-label histogram of each candidate and the full set

@@ -70,9 +70,9 @@ def test_fashion_mnist_from_the_debian_package():
 
 
 def test_registry_lists_every_family():
-    assert set(DATASETS) | {"synthetic"} == set(available_datasets())
+    assert set(DATASETS) | {"synthetic", "two_modality"} == set(available_datasets())
     assert {"digits", "cifar10", "cifar100", "fashion_mnist", "image_folder", "imagenet_r",
-            "imagenet100", "cub200", "synthetic"} == set(available_datasets())
+            "imagenet100", "cub200", "synthetic", "two_modality"} == set(available_datasets())
 
 
 def test_unknown_dataset_lists_the_valid_names():
