@@ -8,11 +8,14 @@ from .backbones import FrozenCLIP, load_clip
 from .clap_model import ClapModel, ClapOutput
 from .errors import ConfigError, DataNotFoundError, UserError
 from .feature_cache import FeatureCache
+from .multi_encoder_model import MultiEncoderClassifier
+from .multimodal import MultimodalClassifier, MultimodalModule
 from .prompts import class_text_features
 from .text_features import ClassTextFeatures
 
 __version__ = "0.1.0"
 
 __all__ = ["CLIPAdapterModel", "ClapModel", "ClapOutput", "ClassTextFeatures", "ConfigError",
-           "DataNotFoundError", "FeatureCache", "FrozenCLIP", "UserError", "class_text_features",
+           "DataNotFoundError", "FeatureCache", "FrozenCLIP", "MultiEncoderClassifier",
+           "MultimodalClassifier", "MultimodalModule", "UserError", "class_text_features",
            "load_clip"]

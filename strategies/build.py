@@ -5,7 +5,6 @@ object, so experiment scripts and the CLI never repeat the wiring.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, Optional, Sequence
 
 from clap4cl.adapter_model import CLIPAdapterModel
@@ -16,7 +15,7 @@ from clap4cl.text_features import ClassTextFeatures
 from .clap import CLAP
 from .clip_adapter import CLIPAdapter
 from .exemplars import ClassBalancedMemory
-from .multi_encoder import AdamNaive
+from .multi_encoder import AdamNaive, QuietReplayPlugin
 from .selectors import make_selector
 from .zeroshot import ZeroShotCLIP
 
@@ -57,7 +56,6 @@ def build_multi_encoder(config: Dict[str, Any], input_dims, n_classes, *, eval_m
     """Avalanche ``Naive`` (Adam, cross-entropy) on a ``MultiEncoderClassifier``, with
     Avalanche's ``ReplayPlugin`` when ``memory.size`` > 0."""
     import torch
-    from avalanche.training.plugins import ReplayPlugin
 
     if not input_dims or not n_classes:
         raise ValueError("multi_encoder needs input_dims and n_classes (a two_modality stream)")
@@ -66,10 +64,7 @@ def build_multi_encoder(config: Dict[str, Any], input_dims, n_classes, *, eval_m
                                    hidden=m["hidden"], fused_hidden=m["fused_hidden"])
     plugins = list(plugins)
     if config["memory"]["size"]:
-        plugins.append(ReplayPlugin(mem_size=config["memory"]["size"]))
-        # Avalanche 0.6's own ReplayPlugin calls its deprecated storage-policy API
-        warnings.filterwarnings("ignore", message="Call to deprecated function update",
-                                category=DeprecationWarning)
+        plugins.append(QuietReplayPlugin(mem_size=config["memory"]["size"]))
     return AdamNaive(model=model, lr=m["lr"], criterion=torch.nn.CrossEntropyLoss(),
                      train_mb_size=m["batch_size"], train_epochs=m["epochs"],
                      eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator)

@@ -74,6 +74,8 @@ class ModalityDropoutPlugin(SupervisedPlugin):
         if unknown:
             raise ValueError(f"p names {sorted(unknown)}; the model's modalities are {model.modality_names}")
         drop = torch.tensor([float(p.get(n, 0.0)) for n in model.modality_names])
+        if not model.allow_empty and (drop >= 1).all():
+            raise ValueError("p drops every modality with certainty: no non-empty mask remains")
         mask = torch.rand(rows, m, generator=self.generator) >= drop
         while not model.allow_empty and not mask.any(1).all():
             empty = ~mask.any(1)

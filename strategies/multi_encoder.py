@@ -1,8 +1,11 @@
 """The multi-encoder baseline: Avalanche's ``Naive`` with Adam on a ``MultiEncoderClassifier``."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from avalanche.training import Naive
+from avalanche.training.plugins import ReplayPlugin
 
 
 class AdamNaive(Naive):
@@ -34,3 +37,12 @@ class AdamNaive(Naive):
         groups = [{"params": [params[n] for n in names]} for names in saved["groups"]]
         self.optimizer = torch.optim.Adam(groups, lr=self.lr)
         self.optimizer.load_state_dict(saved["state_dict"])
+
+
+class QuietReplayPlugin(ReplayPlugin):
+    """Avalanche's ``ReplayPlugin`` without the deprecation warning that Avalanche 0.6
+    raises about its own storage-policy call after every experience."""
+
+    def after_training_exp(self, strategy, **kwargs):
+        with warnings.catch_warnings(record=True):
+            return super().after_training_exp(strategy, **kwargs)

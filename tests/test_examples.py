@@ -39,3 +39,11 @@ def test_ood_evaluation(capsys):
     assert future["energy"]["auroc"] > 0.7 and external["energy"]["auroc"] > 0.7
     out = capsys.readouterr().out
     assert "future classes of the stream" in out and "external dataset" in out
+
+
+def test_multimodal_regularizers(capsys):
+    table = example("multimodal_regularizers.py")(["--epochs", "4"])
+    assert list(table) == ["dropout only", "+ CML", "+ MAR", "+ MAD", "+ attribution"]
+    for vrr, full, a, b, share in table.values():
+        assert 0 <= vrr <= 1 and 0 <= share <= 1 and full > 0.5
+    assert "| + CML |" in capsys.readouterr().out

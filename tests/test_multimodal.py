@@ -394,3 +394,21 @@ def test_clap_attribution_uses_the_additive_decomposition():
 def test_class_prior_probe_reports_newest_task_mass():
     probe = class_prior_probe(clap_stub())
     assert 0 <= probe["PriorNewestTaskMass"] <= 1 and 0 < probe["PriorEntropy"] <= np.log(4) + 1e-6
+
+
+def test_dropout_policies_draw_valid_masks():
+    from strategies import ModalityDropoutPlugin
+
+    model = clap_stub()
+    masks = ModalityDropoutPlugin(seed=0).sample(model, 300)
+    kinds = {tuple(r.tolist()) for r in masks}
+    assert kinds == {(True, True), (True, False), (False, False)}      # canonical CLAP subsets
+    late = multi_encoder("late")
+    bern = ModalityDropoutPlugin("bernoulli", p={"b": 0.5}, seed=0).sample(late, 2000)
+    assert bern[:, 0].all() and abs(bern[:, 1].float().mean().item() - 0.5) < 0.05
+    both = ModalityDropoutPlugin("bernoulli", p=0.9, seed=0).sample(late, 500)
+    assert both.any(1).all()                                         # empty rows re-drawn
+    with pytest.raises(ValueError, match="every modality"):
+        ModalityDropoutPlugin("bernoulli", p=1.0).sample(late, 4)
+    with pytest.raises(ValueError, match="p names"):
+        ModalityDropoutPlugin("bernoulli", p={"c": 0.5}).sample(late, 4)
