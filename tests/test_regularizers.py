@@ -111,3 +111,14 @@ def test_stock_naive_with_dropout_and_every_regulariser_reports_terms_and_metric
         assert f"VRR_Exp/Exp{exp:03d}" in results
         assert f"SubsetAcc_Exp/b/Exp{exp:03d}" in results
         assert f"AttributionShare_Exp/a/Exp{exp:03d}" in results
+
+
+def test_plugins_reuse_the_step_features_encoders_run_once_per_step():
+    data = dict(b_mode="weak", train_size=512, test_size=256)
+    plugins = [ModalityDropoutPlugin(), CMLPlugin(pairs="all_nested"), MADPlugin(),
+               AttributionRegPlugin()]
+    _, strategy = train(plugins, seed=0, epochs=2, metrics=modality_plugin_metrics(), **data)
+    model = strategy.model
+    train_steps = 2 * 4                                   # 2 epochs of 512 / 128
+    eval_steps = 1                                        # 256 test samples, eval batch 512
+    assert model.encode_calls == train_steps + eval_steps
