@@ -107,12 +107,12 @@ def make_synthetic(n_classes: int = 10, dim: int = 64, n_templates: int = 8,
         text_rng, (n_classes, n_templates, dim)))
     centres, gap = _image_centres(prototypes, centre_rng, modality_gap, misalignment, class_offset)
     train_raw, train_targets = _sample(centres, train_per_class, noise, train_rng)
-    test_raw, test_targets = _sample(centres, test_per_class, noise, test_rng)
-    flip_raw = train_raw + view_noise * _unit_noise(train_rng, train_raw.shape)
+    test_features, test_targets = _sample(centres, test_per_class, noise, test_rng, unit=True)
+    train_flip = _add_unit_noise_and_normalise(train_raw, view_noise, train_rng)
     names = tuple(f"class {c}" for c in range(n_classes))
     return SyntheticFeatures(
-        train_features=_unit(train_raw), train_features_flip=_unit(flip_raw),
-        train_targets=train_targets, test_features=_unit(test_raw), test_targets=test_targets,
+        train_features=_unit(train_raw), train_features_flip=train_flip,
+        train_targets=train_targets, test_features=test_features, test_targets=test_targets,
         text_features=ClassTextFeatures.from_per_template(torch.from_numpy(per_template), names),
         class_names=names, fingerprint=make_fingerprint("synthetic", params),
         null_image=gap.astype(np.float32))
@@ -162,7 +162,14 @@ def _is_int(value) -> bool:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """Rows scaled to unit norm (computed in float64 chunks), as float32."""
+    x = np.asarray(x)
+    if x.ndim == 2 and len(x) > CHUNK_ROWS:
+        out = np.empty(x.shape, dtype=np.float32)
+        for start in range(0, len(x), CHUNK_ROWS):
+            out[start:start + CHUNK_ROWS] = _unit(x[start:start + CHUNK_ROWS])
+        return out
+    x = x.astype(np.float64, copy=False)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -199,7 +206,28 @@ def _image_centres(prototypes, rng, modality_gap, misalignment, class_offset) ->
     return pulled + offsets + modality_gap * gap[None, :], gap
 
 
-def _sample(centres: np.ndarray, per_class: int, noise: float, rng: np.random.Generator):
+# Rows generated per chunk: the float64 temporaries of a full-size stream (50 000 x 512)
+# would otherwise cost several hundred MB each. Generator draws are sequential, so chunks
+# give exactly the numbers of one big draw.
+CHUNK_ROWS = 4096
+
+
+def _sample(centres: np.ndarray, per_class: int, noise: float, rng: np.random.Generator,
+            unit: bool = False):
+    """(centre + noise · unit noise, targets): raw float64 rows, or float32 unit rows."""
     targets = np.repeat(np.arange(len(centres), dtype=np.int64), per_class)
-    raw = centres[targets] + noise * _unit_noise(rng, (len(targets), centres.shape[1]))
-    return raw, targets
+    out = np.empty((len(targets), centres.shape[1]), dtype=np.float32 if unit else np.float64)
+    for start in range(0, len(targets), CHUNK_ROWS):
+        rows = targets[start:start + CHUNK_ROWS]
+        raw = centres[rows] + noise * _unit_noise(rng, (len(rows), centres.shape[1]))
+        out[start:start + len(rows)] = _unit(raw) if unit else raw
+    return out, targets
+
+
+def _add_unit_noise_and_normalise(raw: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """_unit(raw + scale · unit noise), float32, chunk by chunk."""
+    out = np.empty(raw.shape, dtype=np.float32)
+    for start in range(0, len(raw), CHUNK_ROWS):
+        chunk = raw[start:start + CHUNK_ROWS]
+        out[start:start + len(chunk)] = _unit(chunk + scale * _unit_noise(rng, chunk.shape))
+    return out
