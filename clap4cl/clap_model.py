@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
+from . import distributed
 from .multimodal import MultimodalModule
 from .text_features import ClassTextFeatures
 
@@ -267,7 +268,8 @@ class ClapModel(MultimodalModule, DynamicModule):
         init_from_language: initialise new heads' weights to ĒᵀĒ/D and VᵀV/D.
         language_init_classes: ``all`` seen classes (reference) or the ``new`` ones.
         train_context, eval_context: VGA context in train and eval mode (``batch`` or
-            ``per_image``).
+            ``per_image``). In data-parallel training under torchrun the ``batch``
+            context is the global batch: the image features of every rank's share.
         image_encoder: optional frozen ``FrozenCLIP`` for image inputs (B, 3, H, W).
 
     As a :class:`clap4cl.multimodal.MultimodalModule` its removable components are the
@@ -389,6 +391,10 @@ class ClapModel(MultimodalModule, DynamicModule):
         t = self.class_features[: self.n_seen_classes]
         if self.vga is None or not guidance:
             return t if context == "batch" else t.expand(images.shape[0], -1, -1)
+        if context == "batch" and self.training:
+            # Data-parallel training (torchrun): the context is the global batch, as in
+            # one process; the frozen features of the other ranks carry no gradient.
+            images = distributed.cat_all_ranks(images)
         return t + self.vga(t, images, self.task_of_class(), context)
 
     def forward_samples(self, x: torch.Tensor, n_samples: Optional[int] = None,

@@ -17,7 +17,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.determinism.rng_manager import RNGManager
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from . import metrics, uncertainty
+from . import distributed, metrics, uncertainty
 from .config import dump
 from .errors import UserError
 from .feature_cache import FeatureCache
@@ -124,8 +124,10 @@ def null_image_embedding(backbone, benchmark) -> Optional[torch.Tensor]:
         return backbone.encode_images(backbone.preprocess_test(grey)[None])[0].float()
 
 
-def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
-    """Avalanche EvaluationPlugin with accuracy/loss metrics and the configured loggers."""
+def make_evaluator(output: Path, config: Dict[str, Any], progress: bool,
+                   write_tensorboard: bool = True):
+    """Avalanche EvaluationPlugin with accuracy/loss metrics and the configured loggers
+    (TensorBoard only if the config and ``write_tensorboard`` both want it)."""
     from avalanche.logging import InteractiveLogger, TensorboardLogger
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
@@ -136,7 +138,7 @@ def make_evaluator(output: Path, config: Dict[str, Any], progress: bool):
     tensorboard = None
     if progress:
         loggers.append(InteractiveLogger())
-    if config["logging"]["tensorboard"]:
+    if config["logging"]["tensorboard"] and write_tensorboard:
         tensorboard = TensorboardLogger(tb_log_dir=str(output / "tensorboard"))
         loggers.append(tensorboard)
     with warnings.catch_warnings():  # no loggers is a deliberate choice (--quiet, no TensorBoard)
@@ -179,13 +181,13 @@ def _predict(model, loader, device):
     return torch.cat(outs).numpy(), torch.cat(ys).numpy()
 
 
-class LogitsCollector(SupervisedPlugin):
+class LogitsCollector(SupervisedPlugin, supports_distributed=True):
     """Keeps every evaluation mini-batch's sample logits (B, M, C) and targets, per experience.
 
     The experiment's accuracy, calibration and novelty numbers come from the same
     forward passes as Avalanche's own metrics: one evaluation pass per step. Strategies
     that sample (CLAP) leave their samples in ``mb_sample_logits``; for the others the
-    output is one sample.
+    output is one sample. Safe in data-parallel runs: only rank 0 evaluates.
     """
 
     def __init__(self):
@@ -364,10 +366,19 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     the results so far); running again on the same directory with the same config resumes
     after the last finished experience and ends with the same results as an
     uninterrupted run.
+
+    Under ``torchrun`` every rank calls this: extraction is sharded over the ranks,
+    training is data-parallel (``strategies.ReplayTemplate``), and rank 0 alone evaluates
+    and writes the run directory; the other ranks return an empty dict.
     """
     output = Path(output)
-    progress = config["logging"]["progress"] if progress is None else progress
-    prepare_run_dir(output, config)
+    seed = config["run"] if config["seed"] is None else config["seed"]
+    start_distributed(config, seed)
+    main = distributed.is_main()
+    progress = (config["logging"]["progress"] if progress is None else progress) and main
+    if main:
+        prepare_run_dir(output, config)
+    distributed.barrier()
     timer = Timer()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
     check_novelty_dataset(config)
@@ -377,9 +388,8 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         text = stream_text_features(config, benchmark, backbone, cache)
     logit_scale = backbone.logit_scale if backbone is not None else SYNTHETIC_LOGIT_SCALE
     # Seeded after extraction, so results do not depend on whether the cache was warm.
-    seed = config["run"] if config["seed"] is None else config["seed"]
     RNGManager.set_random_seeds(seed)
-    evaluator, _ = make_evaluator(output, config, progress)
+    evaluator, _ = make_evaluator(output, config, progress, write_tensorboard=main)
     strategy = build_strategy(config, text, logit_scale, evaluator,
                               plugins=[LogitsCollector(), _loss_guard()], benchmark=benchmark)
     null_image = null_image_embedding(backbone, benchmark)
@@ -394,6 +404,8 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     for step in range(start, len(benchmark.train_stream)):
         with timer.phase("train"):
             strategy.train(benchmark.train_stream[step])
+        if not main:
+            continue
         with timer.phase("eval"):
             evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed,
                                       external_ood)
@@ -409,6 +421,8 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         state["timer"] = dict(timer.seconds)
         save_run_checkpoint(strategy, output)
         write_json_atomic(output / "results.json", results)
+    if not main:
+        return {}
     write_plots(output, results, state["plot_data"], tensorboard)
     if tensorboard is not None:
         tensorboard.writer.flush()
@@ -417,6 +431,19 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         results = add_baseline(config, output, results, progress)
         write_json_atomic(output / "results.json", results)
     return results
+
+
+def start_distributed(config, seed: int) -> None:
+    """Join torchrun's process group if launched by it, refusing what DDP cannot run:
+    the regularising plugins (per-rank state and extra forward passes that DDP does not
+    synchronise) and ``multi_encoder`` (trained by Avalanche's Naive, not data-parallel)."""
+    if not distributed.init_from_env(seed, config["backbone"]["device"]):
+        return
+    if config["plugins"]:
+        raise UserError(f"plugins {[_plugin_name(p) for p in config['plugins']]} are not "
+                        f"supported in data-parallel runs: run them without torchrun")
+    if config["method"] == "multi_encoder":
+        raise UserError("method multi_encoder does not train data-parallel: run it without torchrun")
 
 
 def add_baseline(config, output: Path, results: Dict[str, Any], progress: bool) -> Dict[str, Any]:

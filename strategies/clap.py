@@ -36,6 +36,8 @@ class CLAP(ReplayTemplate):
         train_mb_size, eval_mb_size: batch sizes (the training batch is the VGA context).
     """
 
+    train_method = "forward_samples"
+
     def __init__(self, *, model: ClapModel, memory: Optional[ClassBalancedMemory] = None,
                  train_epochs: int = 5, finetune_epochs: int = 2, lr: float = 1.6e-3,
                  finetune_lr_factor: float = 0.1, warmup_fraction: float = 0.3,
@@ -100,7 +102,7 @@ class CLAP(ReplayTemplate):
     def forward(self):
         """Mean-over-samples logits; the M samples stay in ``clap_output`` (and, in
         evaluation, in ``mb_sample_logits`` (B, M, C) for uncertainty metrics)."""
-        self.clap_output = self.model.forward_samples(self.mb_x)
+        self.clap_output = self.model_forward(self.mb_x)
         if not self.is_training:
             self.mb_sample_logits = self.clap_output.logits.detach().transpose(0, 1)
         return self.clap_output.mean_logits

@@ -7,11 +7,12 @@ from avalanche.core import SupervisedPlugin
 from clap4cl.errors import TrainingDivergedError
 
 
-class NonFiniteLossGuard(SupervisedPlugin):
+class NonFiniteLossGuard(SupervisedPlugin, supports_distributed=True):
     """Stops training at the first NaN or infinite loss, before it reaches the weights.
 
     The error names the experience, epoch and iteration; the run directory keeps the
-    checkpoint of the last finished experience.
+    checkpoint of the last finished experience. In a data-parallel run the rank that
+    sees the loss stops, and torchrun then stops the others.
     """
 
     def before_backward(self, strategy, **kwargs):

@@ -13,6 +13,8 @@ import torch
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
 
+from clap4cl import distributed
+
 from .exemplars import ClassBalancedMemory
 
 
@@ -38,7 +40,17 @@ class ReplayTemplate(SupervisedTemplate):
 
     Subclasses choose what is trainable (``trainable_parameters``) and may add work
     after the main phase (``after_main_phase``).
+
+    Under ``torchrun`` (see ``clap4cl.distributed``) training is data-parallel: each rank
+    draws ``train_mb_size / world_size`` samples of every global batch from a shared
+    shuffled order, the model's ``train_method`` runs through PyTorch's
+    ``DistributedDataParallel`` (gradients averaged over ranks), a batch-context VGA
+    attends over the whole global batch, and rank 0's memory is broadcast after every
+    update, so every rank holds the same model and memory.
     """
+
+    #: the model method a training step calls (DDP wraps it).
+    train_method = "forward"
 
     def __init__(self, *, model, lr: float, train_epochs: int, train_mb_size: int,
                  eval_mb_size: int, warmup_fraction: float, min_lr_factor: float,
@@ -54,6 +66,10 @@ class ReplayTemplate(SupervisedTemplate):
         self.min_lr_factor = float(min_lr_factor)
         self.memory = memory
         self.scheduler = None
+        self.ddp_model = None
+        if distributed.is_distributed() and self.train_mb_size % distributed.world_size():
+            raise ValueError(f"train_mb_size {self.train_mb_size} is the global batch: it must be "
+                             f"divisible by the {distributed.world_size()} ranks")
 
     # -------------------------------------------------------------- data
     def train_dataset_adaptation(self, **kwargs):
@@ -66,8 +82,13 @@ class ReplayTemplate(SupervisedTemplate):
         self.dataloader = self._shuffled_loader(self.adapted_dataset, num_workers)
 
     def _shuffled_loader(self, dataset, num_workers=0):
-        return DataLoader(dataset, batch_size=self.train_mb_size, shuffle=True,
-                          num_workers=num_workers, collate_fn=getattr(dataset, "collate_fn", None))
+        collate = getattr(dataset, "collate_fn", None)
+        if not distributed.is_distributed():
+            return DataLoader(dataset, batch_size=self.train_mb_size, shuffle=True,
+                              num_workers=num_workers, collate_fn=collate)
+        sampler = distributed.EpochShuffledSampler(dataset)
+        return DataLoader(dataset, batch_size=self.train_mb_size // distributed.world_size(),
+                          sampler=sampler, num_workers=num_workers, collate_fn=collate)
 
     # -------------------------------------------------------------- optimisation
     def trainable_parameters(self):
@@ -91,6 +112,17 @@ class ReplayTemplate(SupervisedTemplate):
         self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total_steps, warmup_steps, self.min_lr_factor))
+        # DDP registers the parameters that train now, so it is rebuilt with every phase.
+        self.ddp_model = distributed.data_parallel(self.model, self.train_method)
+
+    def model_forward(self, x):
+        """``model.<train_method>(x)``; through DDP while training under torchrun."""
+        if self.is_training and self.ddp_model is not None:
+            return self.ddp_model(x)
+        return getattr(self.model, self.train_method)(x)
+
+    def forward(self):
+        return self.model_forward(self.mb_x)
 
     def optimizer_step(self):
         super().optimizer_step()
@@ -102,6 +134,7 @@ class ReplayTemplate(SupervisedTemplate):
         if self.memory is not None:
             was_training = self.model.training
             self.memory.update(self)
+            self.memory.exemplars = distributed.broadcast_object(self.memory.exemplars)
             self.model.train(was_training)
         self.after_main_phase(**kwargs)
 
@@ -116,5 +149,5 @@ class ReplayTemplate(SupervisedTemplate):
         scheduler's patched ``optimizer.step`` cannot be pickled, so both are left out.
         """
         state = self.__dict__.copy()
-        state["optimizer"] = state["scheduler"] = None
+        state["optimizer"] = state["scheduler"] = state["ddp_model"] = None
         return state
