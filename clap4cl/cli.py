@@ -115,15 +115,24 @@ def _print_summary(results, output: Path) -> None:
 
 
 def _extract(args) -> int:
+    """Fill the cache; under torchrun the ranks share the image encoding, rank 0 reports."""
+    from . import distributed
     from .experiment import build_benchmark, default_cache_dir, load_backbone, stream_text_features
     from .feature_cache import FeatureCache
 
     config = _load(args)
+    seed = config["run"] if config["seed"] is None else config["seed"]
+    distributed.init_from_env(seed, config["backbone"]["device"])
+    main = distributed.is_main()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
     backbone = load_backbone(config)
-    benchmark = build_benchmark(config, backbone, cache, progress=config["logging"]["progress"])
-    stream_text_features(config, benchmark, backbone, cache)
-    print(f"features of {config['dataset']['name']} are cached in {cache.root}")
+    benchmark = build_benchmark(config, backbone, cache,
+                                progress=config["logging"]["progress"] and main)
+    if main:  # a few prompts: not worth sharding, and one writer of the text cache
+        stream_text_features(config, benchmark, backbone, cache)
+    distributed.barrier()
+    if main:
+        print(f"features of {config['dataset']['name']} are cached in {cache.root}")
     return 0
 
 
