@@ -70,8 +70,28 @@ class VisualGuidedAttention(nn.Module):
         x = layer.norm1(queries + layer.dropout1(attended))                   # (C, D)
         cross = self._single_key_cross_attention(images, x.shape[0])          # (B, C|1, D)
         y = layer.norm2(x[None] + layer.dropout2(cross))                      # (B, C, D)
-        ffn = layer.linear2(layer.dropout(layer.activation(layer.linear1(y))))
+        if cross.shape[1] == 1 and not (self.training and layer.dropout2.p > 0):
+            hidden = self._factored_linear1(x, cross[:, 0])
+        else:
+            hidden = layer.linear1(y)
+        ffn = layer.linear2(layer.dropout(layer.activation(hidden)))
         return layer.norm3(y + layer.dropout3(ffn))
+
+    def _factored_linear1(self, x, k):
+        """linear1(norm2(x_c + k_b)) for every (image b, class c), (B, C, F), without the
+        B·C·D·F product: LayerNorm of a sum is γ ⊙ r_bc (x̃_c + k̃_b) + β with centred
+        parts x̃, k̃ and one scalar r_bc = 1/std per pair, so the map is
+        r_bc (P_c + Q_b) + e with P = x̃ (W₁ diag γ)ᵀ, Q = k̃ (W₁ diag γ)ᵀ, e = W₁β + b₁."""
+        norm, linear = self.layer.norm2, self.layer.linear1
+        x_c = x - x.mean(-1, keepdim=True)                                    # (C, D)
+        k_c = k - k.mean(-1, keepdim=True)                                    # (B, D)
+        variance = ((x_c * x_c).sum(-1)[None, :] + (k_c * k_c).sum(-1)[:, None]
+                    + 2 * k_c @ x_c.T) / x.shape[-1]                           # (B, C)
+        scale = torch.rsqrt(variance.clamp_min(0) + norm.eps)
+        weight = linear.weight * norm.weight                                  # (F, D)
+        offset = linear.weight @ norm.bias + linear.bias                      # (F,)
+        parts = (x_c @ weight.T)[None] + (k_c @ weight.T)[:, None]              # (B, C, F)
+        return torch.addcmul(offset, scale[..., None], parts)   # one pass over (B, C, F)
 
     def _single_key_cross_attention(self, images, n_queries):
         attn = self.layer.multihead_attn

@@ -72,6 +72,21 @@ def test_per_image_context_equals_batch_context_of_a_single_image():
         assert torch.allclose(per_image[b], single, atol=1e-5)
 
 
+def test_factored_first_feed_forward_layer_equals_linear_of_the_layer_norm():
+    """The per-image VGA never forms linear1(norm2(x_c + k_b)) per pair, yet equals it."""
+    torch.manual_seed(2)
+    vga = VisualGuidedAttention(64, ffn_dim=32).eval()
+    with torch.no_grad():                       # a non-trivial LayerNorm affine part
+        vga.layer.norm2.weight.normal_()
+        vga.layer.norm2.bias.normal_()
+    x, k = torch.randn(5, 64), 3 * torch.randn(7, 64)
+    layer = vga.layer
+    direct = layer.linear1(layer.norm2(x[None] + k[:, None]))
+    factored = vga._factored_linear1(x, k)
+    assert factored.shape == (7, 5, 32)
+    assert torch.allclose(factored, direct, atol=1e-5)
+
+
 def test_language_loss_closed_form_equals_reference_double_loop():
     torch.manual_seed(2)
     n_classes, n_templates, n_samples = 5, 4, 7
