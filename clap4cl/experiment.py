@@ -444,6 +444,11 @@ def start_distributed(config, seed: int) -> None:
                         f"supported in data-parallel runs: run them without torchrun")
     if config["method"] == "multi_encoder":
         raise UserError("method multi_encoder does not train data-parallel: run it without torchrun")
+    section = {"clap": "clap", "clap_deterministic": "clap"}.get(config["method"], config["method"])
+    batch = config.get(section, {}).get("batch_size")
+    if batch is not None and batch % distributed.world_size():
+        raise UserError(f"{section}.batch_size {batch} is the global batch: it must be divisible "
+                        f"by the {distributed.world_size()} processes (nodes x processes per node)")
 
 
 def add_baseline(config, output: Path, results: Dict[str, Any], progress: bool) -> Dict[str, Any]:

@@ -107,3 +107,20 @@ def test_a_global_batch_must_split_evenly_over_the_ranks(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(ValueError, match="train_mb_size 33 is the global batch"):
         CLAP(model=grown_model(), train_mb_size=33)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("clap.batch_size=33", "clap.batch_size 33 is the global batch: it must be divisible by the 2"),
+    ("plugins=[cml]", "plugins ['cml'] are not supported in data-parallel runs"),
+    ("dataset.name=two_modality", "method multi_encoder does not train data-parallel"),
+])
+def test_a_distributed_run_refuses_what_it_cannot_split(monkeypatch, override, message):
+    from clap4cl.errors import UserError
+    from clap4cl.experiment import start_distributed
+
+    monkeypatch.setattr(distributed, "init_from_env", lambda seed, device: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    method = "multi_encoder" if "two_modality" in override else "clap"
+    config = load_config(REPO / "configs" / "synthetic.yaml", [f"method={method}", override])
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        start_distributed(config, seed=0)
