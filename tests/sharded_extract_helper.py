@@ -80,14 +80,18 @@ def main():
     if rank == 1 and os.environ.get("KILL_RANK1_AT"):
         before_item = kill_at(int(os.environ["KILL_RANK1_AT"]),
                               shard_records(cache, backbone, 0, distributed.world_size()))
-    found = cache.get_or_extract(backbone, RandomImages(before_item), dataset_id=DATASET_ID,
-                                 split=SPLIT, views=TRAIN_VIEWS, batch_size=BATCH_SIZE,
-                                 progress=False)
-    report = {"encoded": cache.extracted_images,
-              "features": {v: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-                           for v, a in found.items()}}
+    report = extract(cache, backbone, RandomImages(before_item))
     args.report_dir.mkdir(parents=True, exist_ok=True)
     (args.report_dir / f"rank{rank}.json").write_text(json.dumps(report))
+
+
+def extract(cache, backbone, dataset) -> dict:
+    """Both train views of ``dataset`` through ``cache``: images encoded, feature hashes."""
+    found = cache.get_or_extract(backbone, dataset, dataset_id=DATASET_ID, split=SPLIT,
+                                 views=TRAIN_VIEWS, batch_size=BATCH_SIZE, progress=False)
+    return {"encoded": cache.extracted_images,
+            "features": {v: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+                         for v, a in found.items()}}
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ interrupted shards redone and finished ones kept, and the batch-aligned shard ra
 The torchrun tests start real 2-rank gloo groups on CPU (``--standalone``). Every
 process gets OMP_NUM_THREADS=1 (torchrun's own default for its workers): on this machine
 the features are the same with 2 threads, but how a BLAS splits fp32 reductions over
-threads is not what these tests are about.
+threads is not what these tests are about (in-process references use 1 thread too).
 """
+import contextlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import sharded_extract_helper as helper  # pytest puts tests/ on sys.path
 from clap4cl.distributed import shard_range
@@ -37,6 +39,17 @@ def torchrun(*args, env=None, cwd=None):
 def single(*args, cwd=None):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(),
                           cwd=cwd, timeout=300)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """In-process work under the torch thread count the subprocesses get."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def files(directory: Path) -> dict:
@@ -91,18 +104,16 @@ def test_killed_shard_is_redone_and_the_finished_one_kept(tmp_path, tiny_backbon
     counts = {rank: r["encoded"] for rank, r in reports(report_dir).items()}
     assert counts == {"rank0": 0, "rank1": second.rows}
 
-    alone_dir, alone_reports = tmp_path / "alone", tmp_path / "alone-reports"
-    ref = single(str(HELPER), str(alone_dir), str(alone_reports))
-    assert ref.returncode == 0, ref.stderr
-    assert reports(alone_reports)["rank0"]["encoded"] == helper.N_IMAGES
+    alone_dir = tmp_path / "alone"
+    with one_thread():
+        alone = helper.extract(FeatureCache(alone_dir), tiny_backbone, helper.RandomImages())
+    assert alone["encoded"] == helper.N_IMAGES
     got, want = files(cache_dir / "features"), files(alone_dir / "features")
     assert sorted(got) == sorted(want)  # no shard file or orphaned temporary left
     for name in want:
         assert got[name] == want[name], name
     # every rank got the finished features, equal to the single process's
-    hashes = [r["features"] for r in [*reports(report_dir).values(),
-                                      reports(alone_reports)["rank0"]]]
-    assert hashes[0] == hashes[1] == hashes[2]
+    assert [r["features"] for r in reports(report_dir).values()] == [alone["features"]] * 2
 
 
 def test_ranks_without_a_shared_cache_directory_fail_with_one_clear_error(tmp_path):
@@ -130,7 +141,8 @@ def test_a_shard_recorded_for_other_rows_is_not_reused(tmp_path, tiny_backbone):
         cache._extract_shard(tiny_backbone, data, keys, new, 4, 0, False, "toy")
     assert cache.extracted_images == old.rows + new.rows
     part = cache.load(keys["original"], new.rows, new)
-    expected = tiny_backbone.encode_images(data.x[new.start:new.stop]).numpy().astype(np.float16)
+    batches = [data.x[i:i + 4] for i in range(new.start, new.stop, 4)]
+    expected = torch.cat([tiny_backbone.encode_images(b) for b in batches]).numpy().astype(np.float16)
     np.testing.assert_array_equal(np.asarray(part), expected)
 
 
