@@ -1,8 +1,7 @@
 """Running under ``torchrun``: process group set-up, ranks and shards.
 
-A thin layer over Avalanche's ``DistributedHelper`` (which reads torchrun's environment,
-picks NCCL on GPUs and Gloo on CPUs, and seeds every process alike). Outside torchrun
-every function here is a no-op answering as a single process would (rank 0 of 1).
+Outside torchrun every function here is a no-op answering as a single process would
+(rank 0 of 1). Collectives on tensors go through Avalanche's ``DistributedHelper``.
 """
 from __future__ import annotations
 
@@ -21,18 +20,22 @@ def launched_by_torchrun() -> bool:
 def init_from_env(seed: int = 0, device: str = "cpu") -> bool:
     """Join the process group described by torchrun's environment, once per process.
 
-    Gloo for ``device="cpu"``, NCCL for CUDA. Returns whether the process is part of a
-    group of more than one rank.
+    Gloo for ``device="cpu"``; for CUDA, NCCL with this process on GPU ``LOCAL_RANK``
+    (Avalanche's ``DistributedHelper.init_distributed`` picks the GPU by *global* rank,
+    which fails on every node but the first). Every rank is seeded with ``seed``.
+    Returns whether the process is part of a group of more than one rank.
     """
     if is_distributed():
         return True
     if not launched_by_torchrun():
         return False
-    from avalanche.distributed import DistributedHelper
+    from avalanche.training.determinism.rng_manager import RNGManager
 
     use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
-    DistributedHelper.init_distributed(seed, backend="nccl" if use_cuda else "gloo",
-                                       use_cuda=use_cuda)
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    RNGManager.set_random_seeds(seed)
     return is_distributed()
 
 
