@@ -102,7 +102,10 @@ def _run_seeds(args, config) -> int:
         seeded = copy.deepcopy(config)
         seeded["run"] = run
         dirs.append(root / f"run{run}")
-        _print_summary(run_experiment(seeded, dirs[-1]), dirs[-1])
+        results = run_experiment(seeded, dirs[-1])
+        _print_summary(results, dirs[-1])
+    if not results:
+        return 0
     table = markdown_report(dirs)
     (root / "report.md").write_text(table + "\n")
     print(table)
@@ -110,6 +113,8 @@ def _run_seeds(args, config) -> int:
 
 
 def _print_summary(results, output: Path) -> None:
+    if not results:  # a rank > 0 of a torchrun run: rank 0 reports
+        return
     print(f"avg incremental accuracy {results['avg_incremental_accuracy']:.4f}, "
           f"last accuracy {results['last_accuracy']:.4f}; results in {output / 'results.json'}")
 
