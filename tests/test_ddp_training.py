@@ -124,3 +124,18 @@ def test_a_distributed_run_refuses_what_it_cannot_split(monkeypatch, override, m
     config = load_config(REPO / "configs" / "synthetic.yaml", [f"method={method}", override])
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         start_distributed(config, seed=0)
+
+
+def test_image_level_training_splits_the_encoder_work_over_the_ranks(tmp_path):
+    """The example trains CLAP with the encoder in the loop: each rank encodes half of
+    every global batch, and both end with the same weights."""
+    done = torchrun(REPO / "examples" / "ddp_image_level.py", "--n-experiences", 2,
+                    "--epochs", 1, "--mc-samples", 4, cwd=tmp_path)
+    reports = [line.split() for line in done.stdout.splitlines() if line.startswith("rank ")]
+    assert sorted(r[1] for r in reports) == ["0", "1"]
+    counts, checksums = {int(r[5]) for r in reports}, {r[-1] for r in reports}
+    # one process encodes 1347 digits + 200 replayed in experience 1 + 2 finetuning
+    # epochs x 200 = 1947 images; a DistributedSampler pads each pass by at most one
+    assert len(counts) == 1 and 0 <= 2 * counts.pop() - 1947 <= 4
+    assert len(checksums) == 1
+    assert "| step | accuracy |" in done.stdout
