@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import functools
 import io
 import json
 import os
@@ -236,6 +238,7 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
     else:
         strategy.eval(test_stream[: step + 1])
         per_exp = [collector.logits_and_targets(k) for k in range(step + 1)]
+        collector.outputs = {}               # the batches are concatenated: free them now
         future = [test_stream[k].dataset.eval() for k in range(step + 1, n_eval)]
         novel = predict_logits(strategy.model, future, batch_size, device)
     seen_samples = np.concatenate([l for l, _ in per_exp])
@@ -404,11 +407,13 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     for step in range(start, len(benchmark.train_stream)):
         with timer.phase("train"):
             strategy.train(benchmark.train_stream[step])
+        release_freed_memory()
         if not main:
             continue
         with timer.phase("eval"):
             evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed,
                                       external_ood)
+        release_freed_memory()
         latest = evaluated.pop("plot_data")
         state["plot_data"]["reliability"] = latest["reliability"]
         state["plot_data"]["roc"] = latest["roc"] or state["plot_data"].get("roc")
@@ -431,6 +436,26 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         results = add_baseline(config, output, results, progress)
         write_json_atomic(output / "results.json", results)
     return results
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the memory that glibc keeps after large temporaries are freed back to the OS.
+
+    Evaluation allocates (samples × M × classes) arrays that grow with every experience;
+    glibc keeps the freed space fragmented in its heap, so without this the resident size
+    rises by about 100 MB per experience at CIFAR-100 size. A no-op without glibc.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def start_distributed(config, seed: int) -> None:
