@@ -13,15 +13,19 @@ Goal: each completes on 2 CPU cores with peak memory <= 2 GiB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
+import os
 import pstats
 import resource
 import tempfile
+import threading
 import time
 
 import torch
 
+from clap4cl import experiment
 from clap4cl.config import load_config
 from clap4cl.experiment import run_experiment
 
@@ -48,10 +52,54 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
+def resident_gib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+
+
+class PhaseMemory:
+    """Resident-memory high-water mark per phase of the run (extract = generating the
+    stream, train, eval), sampled every 20 ms while ``clap4cl.experiment.Timer`` phases run."""
+
+    def __init__(self):
+        self.peaks = {}
+        self.phase = "setup"
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while True:
+            rss = resident_gib()
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+            time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def watching(self):
+        original = experiment.Timer.phase
+        memory = self
+
+        @contextlib.contextmanager
+        def phase(timer, name):
+            memory.phase = name
+            try:
+                with original(timer, name):
+                    yield
+            finally:
+                memory.phase = "between phases"
+
+        experiment.Timer.phase = phase
+        try:
+            yield
+        finally:
+            experiment.Timer.phase = original
+
+
 def bench(size: str, epochs: int, finetune_epochs: int, top: int) -> None:
     config = config_for(size, epochs, finetune_epochs)
     profiler = cProfile.Profile()
-    with tempfile.TemporaryDirectory() as out:
+    memory = PhaseMemory()
+    time.sleep(0.1)
+    imported = memory.peaks["setup"]
+    with tempfile.TemporaryDirectory() as out, memory.watching():
         start = time.perf_counter()
         profiler.enable()
         results = run_experiment(config, f"{out}/run", progress=False)
@@ -65,6 +113,9 @@ def bench(size: str, epochs: int, finetune_epochs: int, top: int) -> None:
     print(f"  peak memory {peak_memory_gib():.2f} GiB (goal <= 2 GiB)   "
           f"last accuracy {100 * results['last_accuracy']:.2f}   "
           f"novelty AUROC (energy, mean) {100 * results['novelty_mean']['energy']['auroc']:.2f}")
+    print(f"  resident memory high-water marks: after imports {imported:.2f} GiB, "
+          + ", ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.peaks.items()
+                      if name != "setup"))
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
     lines = [ln for ln in stream.getvalue().splitlines() if ln.strip()]
