@@ -46,7 +46,6 @@ def test_two_process_clap_run_reaches_the_accuracy_of_one_process(tmp_path):
 STEP_SCRIPT = textwrap.dedent("""
     import sys, torch
     from clap4cl import distributed
-    from strategies.clap import clap_loss
     sys.path.insert(0, sys.argv[2])
     from test_ddp_training import one_sgd_step, step_inputs
 
