@@ -3,7 +3,13 @@
 Core library (no training loops): CLIP loading, prompts and class text features, the
 frozen-feature cache, model modules, metrics, configuration and the CLI.
 """
-from .adapter_model import CLIPAdapterModel
+import warnings as _warnings
+
+# Avalanche imports qpsolvers (for GEM, unused here), which warns at import time when pip
+# picked no solver wheel; that line would also break the CLI's one-line error contract.
+_warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+
+from .adapter_model import CLIPAdapterModel  # noqa: E402
 from .backbones import FrozenCLIP, load_clip
 from .clap_model import ClapModel, ClapOutput
 from .errors import ConfigError, DataNotFoundError, UserError
