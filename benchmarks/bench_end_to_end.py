@@ -24,9 +24,7 @@ import argparse
 import cProfile
 import dataclasses
 import gc
-import io
 import os
-import pstats
 import re
 import resource
 import tempfile
@@ -37,6 +35,7 @@ import torch
 
 import scenarios
 from bench_extraction import bare_encoder_seconds
+from bench_full_stream import profile_top
 from clap4cl.backbones import load_clip
 from clap4cl.config import default_config_path, load_config
 from clap4cl.errors import UserError
@@ -165,12 +164,8 @@ def vm_hwm_gib() -> float:
 
 def print_profile(profiler, top: int) -> None:
     for key, title in (("tottime", "own time"), ("cumulative", "cumulative time")):
-        stream = io.StringIO()
-        pstats.Stats(profiler, stream=stream).sort_stats(key).print_stats(top)
-        lines = [ln for ln in stream.getvalue().splitlines() if ln.strip()]
-        header = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
         print(f"\nprofile of the run, top {top} by {title}:")
-        for line in lines[header:header + top + 1]:
+        for line in profile_top(profiler, top, key):
             print("   ", line[:160])
 
 

@@ -116,13 +116,18 @@ def bench(size: str, epochs: int, finetune_epochs: int, top: int) -> None:
     print(f"  resident memory high-water marks: after imports {imported:.2f} GiB, "
           + ", ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.peaks.items()
                       if name != "setup"))
+    print(f"  profile, top {top} by own time:")
+    for line in profile_top(profiler, top):
+        print("   ", line[:150])
+
+
+def profile_top(profiler, top: int, sort: str = "tottime"):
+    """The header line and the ``top`` entries of a cProfile profile sorted by ``sort``."""
     stream = io.StringIO()
-    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
+    pstats.Stats(profiler, stream=stream).sort_stats(sort).print_stats(top)
     lines = [ln for ln in stream.getvalue().splitlines() if ln.strip()]
     header = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
-    print(f"  profile, top {top} by own time:")
-    for line in lines[header:header + top + 1]:
-        print("   ", line[:150])
+    return lines[header:header + top + 1]
 
 
 def main() -> None:
