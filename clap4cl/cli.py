@@ -122,12 +122,12 @@ def _print_summary(results, output: Path) -> None:
 def _extract(args) -> int:
     """Fill the cache; under torchrun the ranks share the image encoding, rank 0 reports."""
     from . import distributed
-    from .experiment import build_benchmark, default_cache_dir, load_backbone, stream_text_features
+    from .experiment import (build_benchmark, default_cache_dir, load_backbone, run_seed,
+                             stream_text_features)
     from .feature_cache import FeatureCache
 
     config = _load(args)
-    seed = config["run"] if config["seed"] is None else config["seed"]
-    distributed.init_from_env(seed, config["backbone"]["device"])
+    distributed.init_from_env(run_seed(config), config["backbone"]["device"])
     main = distributed.is_main()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
     backbone = load_backbone(config)

@@ -375,7 +375,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     and writes the run directory; the other ranks return an empty dict.
     """
     output = Path(output)
-    seed = config["run"] if config["seed"] is None else config["seed"]
+    seed = run_seed(config)
     start_distributed(config, seed)
     main = distributed.is_main()
     progress = (config["logging"]["progress"] if progress is None else progress) and main
@@ -456,6 +456,11 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def run_seed(config) -> int:
+    """The run's seed: ``seed``, or the run index when it is null."""
+    return config["run"] if config["seed"] is None else config["seed"]
 
 
 def start_distributed(config, seed: int) -> None:
