@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import torch
 
 from clap4cl import ClapModel, ClassTextFeatures
-from clap4cl.backbones import load_clip
+from clap4cl.encoders.backbones import load_clip
 from strategies import clap_loss
 
 BATCH = 32

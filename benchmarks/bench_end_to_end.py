@@ -36,11 +36,11 @@ import torch
 import scenarios
 from bench_extraction import bare_encoder_seconds
 from bench_full_stream import profile_top
-from clap4cl.backbones import load_clip
-from clap4cl.config import default_config_path, load_config
+from clap4cl.encoders.backbones import load_clip
+from clap4cl.runner.config import default_config_path, load_config
 from clap4cl.errors import UserError
-from clap4cl.experiment import run_experiment
-from clap4cl.feature_cache import TEST_VIEWS, TRAIN_VIEWS
+from clap4cl.runner.experiment import run_experiment
+from clap4cl.features.cache import TEST_VIEWS, TRAIN_VIEWS
 from scenarios.base import ImageDataset, make_fingerprint
 
 GOAL = 1.3

@@ -17,8 +17,8 @@ import time
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from clap4cl.backbones import load_clip
-from clap4cl.feature_cache import TEST_VIEWS, TRAIN_VIEWS, FeatureCache
+from clap4cl.encoders.backbones import load_clip
+from clap4cl.features.cache import TEST_VIEWS, TRAIN_VIEWS, FeatureCache
 from scenarios.registry import get_dataset_splits
 
 

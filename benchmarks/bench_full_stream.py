@@ -25,9 +25,9 @@ import time
 
 import torch
 
-from clap4cl import experiment
-from clap4cl.config import load_config
-from clap4cl.experiment import run_experiment
+from clap4cl.runner import experiment
+from clap4cl.runner.config import load_config
+from clap4cl.runner.experiment import run_experiment
 
 SIZES = {
     "cifar100": dict(n_classes=100, train_per_class=500, test_per_class=100,
@@ -59,7 +59,7 @@ def resident_gib() -> float:
 
 class PhaseMemory:
     """Resident-memory high-water mark per phase of the run (extract = generating the
-    stream, train, eval), sampled every 20 ms while ``clap4cl.experiment.Timer`` phases run."""
+    stream, train, eval), sampled every 20 ms while ``clap4cl.runner.experiment.Timer`` phases run."""
 
     def __init__(self):
         self.peaks = {}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import UserError
+from clap4cl.errors import UserError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -65,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _load(args):
-    from .config import default_config_path, load_config
+    from clap4cl.runner.config import default_config_path, load_config
 
     path = args.config if args.config is not None else default_config_path()
     config = load_config(path, args.overrides)
@@ -75,7 +75,7 @@ def _load(args):
 
 
 def _run(args) -> int:
-    from .experiment import run_experiment
+    from clap4cl.runner.experiment import run_experiment
 
     config = _load(args)
     if args.seeds:
@@ -90,8 +90,8 @@ def _run_seeds(args, config) -> int:
     """One run per seed in DIR/run<k>, then DIR/report.md through the ``report`` code."""
     import copy
 
-    from .experiment import run_experiment
-    from .report import markdown_report
+    from clap4cl.runner.experiment import run_experiment
+    from clap4cl.runner.report import markdown_report
 
     root = Path(args.output) if args.output else Path("runs") / (
         f"{config['dataset']['name']}-{config['method']}")
@@ -121,10 +121,11 @@ def _print_summary(results, output: Path) -> None:
 
 def _extract(args) -> int:
     """Fill the cache; under torchrun the ranks share the image encoding, rank 0 reports."""
-    from . import distributed
-    from .experiment import (build_benchmark, default_cache_dir, load_backbone, run_seed,
-                             stream_text_features)
-    from .feature_cache import FeatureCache
+    from clap4cl import distributed
+    from clap4cl.paths import default_cache_dir
+    from clap4cl.runner.experiment import (build_benchmark, load_backbone, run_seed,
+                                           stream_text_features)
+    from clap4cl.features.cache import FeatureCache
 
     config = _load(args)
     distributed.init_from_env(run_seed(config), config["backbone"]["device"])
@@ -142,7 +143,7 @@ def _extract(args) -> int:
 
 
 def _report(args) -> int:
-    from .report import markdown_report
+    from clap4cl.runner.report import markdown_report
 
     print(markdown_report([Path(d) for d in args.dirs]))
     return 0

@@ -19,7 +19,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 import scenarios
 from clap4cl import ClapModel, class_text_features, load_clip
-from clap4cl.plugin_metrics import calibration_plugin_metrics, continual_metrics
+from clap4cl.evaluation.plugin_metrics import calibration_plugin_metrics, continual_metrics
 from strategies import CLAP, ClassBalancedMemory, make_selector
 
 

@@ -17,8 +17,8 @@ from avalanche.training import Naive
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
 
 import scenarios
-from clap4cl.modality_metrics import modality_plugin_metrics
-from clap4cl.multi_encoder_model import MultiEncoderClassifier
+from clap4cl.evaluation.modality_metrics import modality_plugin_metrics
+from clap4cl.models.multi_encoder import MultiEncoderClassifier
 from strategies import (AttributionRegPlugin, CMLPlugin, MADPlugin, MARPlugin,
                         ModalityDropoutPlugin)
 

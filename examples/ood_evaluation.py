@@ -19,7 +19,8 @@ from avalanche.training.plugins import EvaluationPlugin
 from torch.utils.data import DataLoader, TensorDataset
 
 import scenarios
-from clap4cl import ClapModel, metrics, uncertainty
+from clap4cl import ClapModel
+from clap4cl.evaluation import metrics, scores as uncertainty
 from strategies import CLAP, ClassBalancedMemory
 
 

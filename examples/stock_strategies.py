@@ -18,7 +18,7 @@ from avalanche.training.storage_policy import ParametricBuffer
 
 import scenarios
 from clap4cl import ClapModel
-from clap4cl.plugin_metrics import calibration_plugin_metrics, continual_metrics
+from clap4cl.evaluation.plugin_metrics import calibration_plugin_metrics, continual_metrics
 from strategies import CLAP, ClassBalancedMemory, ZeroShotCLIP, make_selector
 
 STREAM = "eval_phase/test_stream"

@@ -11,11 +11,11 @@ import torch
 
 from clap4cl.errors import UserError
 
-from .base import ArrayImageDataset, DatasetSplits, FileImageDataset, ImageDataset
-from .class_order import classes_per_experience, default_class_order, validate_class_order
-from .registry import (DATASETS, FEATURE_DATASETS, available_datasets, canonical_name,
+from scenarios.base import ArrayImageDataset, DatasetSplits, FileImageDataset, ImageDataset
+from scenarios.class_order import classes_per_experience, default_class_order, validate_class_order
+from scenarios.registry import (DATASETS, FEATURE_DATASETS, available_datasets, canonical_name,
                        get_dataset_splits, get_feature_dataset)
-from .synthetic import SyntheticFeatures, make_synthetic
+from scenarios.datasets.synthetic import SyntheticFeatures, make_synthetic
 
 LEVELS = ("image", "features")
 
@@ -117,12 +117,12 @@ def _image_level(splits: DatasetSplits, backbone, train_transform, eval_transfor
 
 
 def _feature_level(splits: DatasetSplits, backbone, cache, progress, batch_size, num_workers):
-    from clap4cl.feature_cache import FeatureCache
+    from clap4cl.features.cache import FeatureCache
 
-    from .features import to_feature_splits
+    from scenarios.features import to_feature_splits
 
     if cache is None:
-        from clap4cl.experiment import default_cache_dir
+        from clap4cl.paths import default_cache_dir
 
         cache = FeatureCache(default_cache_dir())
     return to_feature_splits(splits, backbone, cache, batch_size=batch_size,
@@ -131,8 +131,8 @@ def _feature_level(splits: DatasetSplits, backbone, cache, progress, batch_size,
 
 def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_experience_classes,
                          dataset_kwargs):
-    from .features import FeatureDataset
-    from .synthetic import synthetic_views
+    from scenarios.features import FeatureDataset
+    from scenarios.datasets.synthetic import synthetic_views
 
     data = get_feature_dataset(key, root, **dataset_kwargs)
     order, sizes = _plan_stream(data.n_classes, n_experiences, run, class_order,
@@ -152,8 +152,8 @@ def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_exper
 
 def _two_modality_benchmark(n_experiences, run, root, class_order, first_experience_classes,
                             dataset_kwargs):
-    from .features import FeatureDataset
-    from .two_modality import two_modality_views
+    from scenarios.features import FeatureDataset
+    from scenarios.datasets.two_modality import two_modality_views
 
     data = get_feature_dataset("two_modality", root, **dataset_kwargs)
     order, sizes = _plan_stream(data.n_classes, n_experiences, run, class_order,
@@ -172,7 +172,7 @@ def _two_modality_benchmark(n_experiences, run, root, class_order, first_experie
 def _nc_benchmark(train, test, order: List[int], sizes: List[int], features: bool = False):
     from avalanche.benchmarks import nc_benchmark
 
-    from .features import first_view, random_view
+    from scenarios.features import first_view, random_view
 
     per_exp = {0: sizes[0]} if len(set(sizes)) > 1 else None
     transforms = dict(train_transform=random_view, eval_transform=first_view) if features else {}

@@ -101,7 +101,7 @@ def to_feature_splits(splits, backbone, cache, *, batch_size: int = 128,
     The train split is encoded in two views (original and horizontally flipped), the
     test split in one. Returns ``(train FeatureDataset, test FeatureDataset)``.
     """
-    from clap4cl.feature_cache import TEST_VIEWS, TRAIN_VIEWS
+    from clap4cl.features.cache import TEST_VIEWS, TRAIN_VIEWS
 
     def encode(dataset, split, views):
         found = cache.get_or_extract(

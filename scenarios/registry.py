@@ -11,13 +11,13 @@ from typing import Callable, Dict, List
 
 from clap4cl.errors import UserError
 
-from .base import DatasetSplits
-from .cifar import load_cifar10, load_cifar100
-from .digits import load_digits
-from .fashion_mnist import load_fashion_mnist
-from .folders import load_cub200, load_image_folder, load_imagenet100, load_imagenet_r
-from .synthetic import SyntheticFeatures, load_synthetic
-from .two_modality import load_two_modality
+from scenarios.base import DatasetSplits
+from scenarios.datasets.cifar import load_cifar10, load_cifar100
+from scenarios.datasets.digits import load_digits
+from scenarios.datasets.fashion_mnist import load_fashion_mnist
+from scenarios.datasets.folders import load_cub200, load_image_folder, load_imagenet100, load_imagenet_r
+from scenarios.datasets.synthetic import SyntheticFeatures, load_synthetic
+from scenarios.datasets.two_modality import load_two_modality
 
 DATASETS: Dict[str, Callable[..., DatasetSplits]] = {
     "digits": load_digits,

@@ -1,23 +1,33 @@
-"""Avalanche strategies and plugins of clap4cl."""
-from .attribution import AttributionRegPlugin
-from .build import METHODS, build_clap_model, build_from_config, build_memory
-from .clap import CLAP, clap_loss
-from .clip_adapter import CLIPAdapter
-from .cml import CMLPlugin
-from .exemplars import ClassBalancedMemory
-from .guards import NonFiniteLossGuard
-from .mad import MADPlugin
-from .mar import MARPlugin
-from .modality_dropout import ModalityDropoutPlugin
-from .plugins import PLUGINS, build_plugins
-from .selectors import (SELECTORS, FirstKExemplarsSelection, HerdingSelection,
-                        UncertaintySelection, herding_order, make_selector)
-from .replay_template import ReplayTemplate, warmup_cosine
-from .zeroshot import ZeroShotCLIP, ZeroShotClassifier
+"""Avalanche strategies (``CLAP``, ``CLIPAdapter``, ``ZeroShotCLIP``, replay) and the
+regulariser plugins (``strategies.plugins``). Names are imported on first use.
 
-__all__ = ["AttributionRegPlugin", "CLAP", "CLIPAdapter", "CMLPlugin", "ClassBalancedMemory",
-           "FirstKExemplarsSelection", "HerdingSelection", "MADPlugin", "MARPlugin", "METHODS",
-           "ModalityDropoutPlugin", "NonFiniteLossGuard", "PLUGINS", "UncertaintySelection",
-           "herding_order", "ReplayTemplate", "SELECTORS", "ZeroShotCLIP", "ZeroShotClassifier",
-           "build_clap_model", "build_from_config", "build_memory", "build_plugins", "clap_loss",
-           "make_selector", "warmup_cosine"]
+Strategies never read the run config: ``clap4cl.runner.assemble`` builds them from it.
+"""
+from clap4cl._lazy import lazy_exports
+
+_EXPORTS = {
+    "CLAP": "strategies.clap",
+    "clap_loss": "strategies.clap",
+    "CLIPAdapter": "strategies.clip_adapter",
+    "ClassBalancedMemory": "strategies.exemplars",
+    "NonFiniteLossGuard": "strategies.guards",
+    "ReplayTemplate": "strategies.replay_template",
+    "warmup_cosine": "strategies.replay_template",
+    "SELECTORS": "strategies.selectors",
+    "FirstKExemplarsSelection": "strategies.selectors",
+    "HerdingSelection": "strategies.selectors",
+    "UncertaintySelection": "strategies.selectors",
+    "herding_order": "strategies.selectors",
+    "make_selector": "strategies.selectors",
+    "ZeroShotCLIP": "strategies.zeroshot",
+    "ZeroShotClassifier": "clap4cl.models.zeroshot",
+    "AttributionRegPlugin": "strategies.plugins.attribution",
+    "CMLPlugin": "strategies.plugins.cml",
+    "MADPlugin": "strategies.plugins.mad",
+    "MARPlugin": "strategies.plugins.mar",
+    "ModalityDropoutPlugin": "strategies.plugins.modality_dropout",
+    "PLUGINS": "strategies.plugins.registry",
+    "build_plugins": "strategies.plugins.registry",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from clap4cl.clap_model import ClapModel, ClapOutput, kl_loss, language_loss
+from clap4cl.models.clap import ClapModel, ClapOutput, kl_loss, language_loss
 
-from .exemplars import ClassBalancedMemory
-from .replay_template import ReplayTemplate
+from strategies.exemplars import ClassBalancedMemory
+from strategies.replay_template import ReplayTemplate
 
 
 class CLAP(ReplayTemplate):

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from clap4cl.adapter_model import CLIPAdapterModel
+from clap4cl.models.adapter import CLIPAdapterModel
 
-from .exemplars import ClassBalancedMemory
-from .replay_template import ReplayTemplate
+from strategies.exemplars import ClassBalancedMemory
+from strategies.replay_template import ReplayTemplate
 
 
 class CLIPAdapter(ReplayTemplate):

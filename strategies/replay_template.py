@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from clap4cl import distributed
 
-from .exemplars import ClassBalancedMemory
+from strategies.exemplars import ClassBalancedMemory
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_factor: float) -> Callable[[int], float]:

@@ -18,7 +18,7 @@ from avalanche.training.storage_policy import (ExemplarsSelectionStrategy,
                                                RandomExemplarsSelectionStrategy)
 from torch.utils.data import DataLoader
 
-from clap4cl import uncertainty
+from clap4cl.evaluation import scores as uncertainty
 
 
 class FirstKExemplarsSelection(ExemplarsSelectionStrategy):

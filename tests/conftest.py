@@ -1,7 +1,7 @@
 """Shared fixtures: one random-weight tiny backbone per session and a fresh cache root."""
 import pytest
 
-from clap4cl.backbones import load_clip
+from clap4cl.encoders.backbones import load_clip
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import Dataset
 
 from clap4cl import distributed
-from clap4cl.backbones import load_clip
-from clap4cl.feature_cache import TRAIN_VIEWS, FeatureCache, Shard
+from clap4cl.encoders.backbones import load_clip
+from clap4cl.features.cache import TRAIN_VIEWS, FeatureCache, Shard
 
 N_IMAGES, BATCH_SIZE, DATASET_ID, SPLIT = 40, 8, "toy-images", "train"
 

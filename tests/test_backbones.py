@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from clap4cl import backbones
-from clap4cl.backbones import TINY_ARCHITECTURES, load_clip
+from clap4cl.encoders import backbones
+from clap4cl.encoders.backbones import TINY_ARCHITECTURES, load_clip
 from clap4cl.errors import UserError
 
 TEXTS = ["a photo of a cat.", "a photo of a dog.", "a drawing of a ship."]

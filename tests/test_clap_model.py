@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from clap4cl import ClapModel, ClassTextFeatures
-from clap4cl.clap_model import (GaussianTaskHeads, VisualGuidedAttention, kl_loss,
+from clap4cl.models.clap import (GaussianTaskHeads, VisualGuidedAttention, kl_loss,
                                 kl_to_standard_normal, language_init, language_loss,
                                 task_block_mask)
 

@@ -1,5 +1,4 @@
 """The CLAP strategy, its replay memory and schedule, baselines and Avalanche interop."""
-import copy
 import math
 import warnings
 
@@ -15,8 +14,9 @@ from avalanche.training.plugins import EvaluationPlugin
 
 import scenarios
 import strategies
-from clap4cl.clap_model import kl_loss, language_loss
-from clap4cl.config import defaults, validate
+from clap4cl.runner import assemble
+from clap4cl.models.clap import kl_loss, language_loss
+from clap4cl.runner.config import defaults, validate
 from strategies import ClassBalancedMemory, FirstKExemplarsSelection, warmup_cosine
 
 N_CLASSES, N_EXP = 10, 5
@@ -40,7 +40,7 @@ def small_config(method="clap", **clap):
 
 
 def make_strategy(bench, config, **kwargs):
-    return strategies.build_from_config(config, text_features=bench.text_features,
+    return assemble.build_from_config(config, text_features=bench.text_features,
                                         logit_scale=100.0, **kwargs)
 
 
@@ -116,7 +116,7 @@ def test_main_phase_trains_vga_and_newest_head_finetuning_only_heads(bench):
 
 
 def test_clap_loss_is_the_mean_per_sample_ce_plus_weighted_regularisers(bench):
-    model = strategies.build_clap_model(small_config(), bench.text_features, 100.0)
+    model = assemble.build_clap_model(small_config(), bench.text_features, 100.0)
     model.train()
     model.adaptation(bench.train_stream[0])
     model.adaptation(bench.train_stream[1])
@@ -223,7 +223,7 @@ def test_clip_adapter_reinitialises_only_when_asked(bench):
 @pytest.mark.parametrize("stock", ["naive", "replay"])
 def test_stock_avalanche_strategies_train_the_clap_model(bench, stock):
     RNGManager.set_random_seeds(0)
-    model = strategies.build_clap_model(small_config(), bench.text_features, 100.0)
+    model = assemble.build_clap_model(small_config(), bench.text_features, 100.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     kwargs = dict(criterion=torch.nn.CrossEntropyLoss(), train_mb_size=32, train_epochs=2,
                   eval_mb_size=64, evaluator=quiet_evaluator())

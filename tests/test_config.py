@@ -1,7 +1,7 @@
 """Configuration: defaults, YAML merge, --set overrides and one-line errors."""
 import pytest
 
-from clap4cl.config import (CHOICES, defaults, dump, get, load_config, parse_override, read_yaml,
+from clap4cl.runner.config import (CHOICES, defaults, dump, get, load_config, parse_override, read_yaml,
                             validate)
 from clap4cl.errors import ConfigError, UserError
 

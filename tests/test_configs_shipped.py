@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from clap4cl.config import default_config_path, load_config
+from clap4cl.runner.config import default_config_path, load_config
 
 CONFIGS = sorted(Path(default_config_path()).parent.glob("*.yaml"))
 

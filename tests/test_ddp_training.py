@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from clap4cl import distributed
-from clap4cl.config import load_config
-from clap4cl.experiment import run_experiment
+from clap4cl.runner.config import load_config
+from clap4cl.runner.experiment import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_CLAP = ["method=clap", "dataset.n_experiences=2", "dataset.options.n_classes=10",
@@ -115,7 +115,7 @@ def test_a_global_batch_must_split_evenly_over_the_ranks(monkeypatch):
 ])
 def test_a_distributed_run_refuses_what_it_cannot_split(monkeypatch, override, message):
     from clap4cl.errors import UserError
-    from clap4cl.experiment import start_distributed
+    from clap4cl.runner.experiment import start_distributed
 
     monkeypatch.setattr(distributed, "init_from_env", lambda seed, device: True)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)

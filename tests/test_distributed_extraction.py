@@ -19,7 +19,7 @@ import torch
 
 import sharded_extract_helper as helper  # pytest puts tests/ on sys.path
 from clap4cl.distributed import shard_range
-from clap4cl.feature_cache import TRAIN_VIEWS, FeatureCache, Shard
+from clap4cl.features.cache import TRAIN_VIEWS, FeatureCache, Shard
 
 HELPER = Path(helper.__file__)
 

@@ -3,7 +3,6 @@ import math
 import runpy
 from pathlib import Path
 
-import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

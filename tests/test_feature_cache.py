@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from clap4cl.backbones import load_clip
-from clap4cl.feature_cache import TRAIN_VIEWS, FeatureCache
+from clap4cl.encoders.backbones import load_clip
+from clap4cl.features.cache import TRAIN_VIEWS, FeatureCache
 
 N = 12
 
@@ -194,8 +194,8 @@ WORKER = textwrap.dedent("""
     import hashlib, json, os, sys, time
     import numpy as np, torch
     from torch.utils.data import TensorDataset
-    from clap4cl.backbones import load_clip
-    from clap4cl.feature_cache import FeatureCache
+    from clap4cl.encoders.backbones import load_clip
+    from clap4cl.features.cache import FeatureCache
     root, me, other = sys.argv[1], sys.argv[2], sys.argv[3]
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(24, 3, 32, 32, generator=g), torch.zeros(24, dtype=torch.long))

@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torchmetrics.classification import MulticlassCalibrationError
 
-from clap4cl.metrics import (average_incremental_accuracy, backward_transfer,
+from clap4cl.evaluation.metrics import (average_incremental_accuracy, backward_transfer,
                              expected_calibration_error, forgetting, novelty_metrics, softmax)
 
 

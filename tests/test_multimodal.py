@@ -1,5 +1,4 @@
 """The multimodal protocol and the regularisers' math (spec regularizers.md 4.5, unit tests)."""
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -7,15 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from clap4cl import ClapModel
-from clap4cl.modality_metrics import ReliabilityAccumulator, class_prior_probe, metric_pairs
-from clap4cl.modality_subsets import (all_nested, all_nonempty, leave_one_out, nested_chain,
+from clap4cl.evaluation.modality_metrics import ReliabilityAccumulator, class_prior_probe, metric_pairs
+from clap4cl.models.modality_subsets import (all_nested, all_nonempty, leave_one_out, nested_chain,
                                       policy_pairs)
-from clap4cl.multi_encoder_model import MultiEncoderClassifier
-from clap4cl.multimodal import MultimodalClassifier
-from strategies.attribution import attribution_shares, grad_x_input, shares_from_scores, target_ratio
-from strategies.cml import cml_hinge, confidence
-from strategies.mad import entropy_weights, mad_loss
-from strategies.mar import MARPlugin, discrepancy, masked_mean_ce, weak_set
+from clap4cl.models.multi_encoder import MultiEncoderClassifier
+from clap4cl.models.multimodal import MultimodalClassifier
+from strategies.plugins.attribution import attribution_shares, grad_x_input, shares_from_scores, target_ratio
+from strategies.plugins.cml import cml_hinge, confidence
+from strategies.plugins.mad import entropy_weights, mad_loss
+from strategies.plugins.mar import MARPlugin, discrepancy, masked_mean_ce, weak_set
 
 from test_clap_model import experience, text_stats
 

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from clap4cl import experiment, metrics, plots, uncertainty
+from clap4cl.runner import experiment, plots
+from clap4cl.evaluation import metrics, scores as uncertainty
 from clap4cl.cli import main
-from clap4cl.config import load_config
+from clap4cl.runner.config import load_config
 
 SMALL = {"dataset.name": "synthetic", "dataset.n_experiences": 3, "logging.tensorboard": False,
          "dataset.options": {"n_classes": 6, "train_per_class": 20, "test_per_class": 10}}

@@ -10,10 +10,10 @@ from avalanche.training.plugins import EvaluationPlugin
 from torchmetrics.classification import MulticlassCalibrationError
 
 import scenarios
-import strategies
-from clap4cl import metrics
-from clap4cl.config import defaults
-from clap4cl.plugin_metrics import calibration_plugin_metrics, continual_metrics
+from clap4cl.runner import assemble
+from clap4cl.evaluation import metrics
+from clap4cl.runner.config import defaults
+from clap4cl.evaluation.plugin_metrics import calibration_plugin_metrics, continual_metrics
 
 
 def test_nll_brier_hand_computed():
@@ -68,7 +68,7 @@ def test_plugin_metrics_in_an_evaluation_plugin_with_clap():
                                      forgetting_metrics(experience=True, stream=True),
                                      bwt_metrics(experience=True, stream=True),
                                      *calibration_plugin_metrics(), *continual_metrics(), loggers=[])
-    strategy = strategies.build_from_config(config, text_features=bench.text_features,
+    strategy = assemble.build_from_config(config, text_features=bench.text_features,
                                             logit_scale=100.0, evaluator=evaluator)
     collected = []
     for t, experience in enumerate(bench.train_stream):

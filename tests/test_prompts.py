@@ -4,8 +4,8 @@ from collections import Counter
 import pytest
 import torch
 
-from clap4cl.prompts import class_text_features, clear_memory_cache, render, templates_id
-from clap4cl.text_features import ClassTextFeatures
+from clap4cl.encoders.prompts import class_text_features, clear_memory_cache, render, templates_id
+from clap4cl.encoders.text_features import ClassTextFeatures
 
 TEMPLATES = ("a photo of a {}.", "a blurry photo of the {}.", "itap of a {}.")
 NAMES = ["cat", "dog", "container ship"]

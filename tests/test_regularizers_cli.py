@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from clap4cl.config import ConfigError, default_config_path, load_config
-from clap4cl.experiment import run_experiment
+from clap4cl.runner.config import default_config_path, load_config
+from clap4cl.runner.experiment import run_experiment
 
 CONFIGS = default_config_path().parent
 

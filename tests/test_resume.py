@@ -9,9 +9,9 @@ import time
 import pytest
 
 import strategies
-from clap4cl import experiment
+from clap4cl.runner import experiment
 from clap4cl.cli import main
-from clap4cl.config import load_config
+from clap4cl.runner.config import load_config
 
 ARGS = ["--set", "dataset.name=synthetic", "--set", "dataset.n_experiences=4",
         "--set", "dataset.options={n_classes: 8, train_per_class: 60, test_per_class: 10}",

@@ -5,8 +5,8 @@ from PIL import Image
 
 import scenarios
 from clap4cl.errors import DataNotFoundError, UserError
-from clap4cl.feature_cache import FeatureCache
-from scenarios.digits import DIGIT_NAMES
+from clap4cl.features.cache import FeatureCache
+from scenarios.datasets.digits import DIGIT_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from clap4cl.errors import DataNotFoundError
-from scenarios.cifar import CIFAR_TEMPLATES, load_cifar10, load_cifar100
+from scenarios.datasets.cifar import CIFAR_TEMPLATES, load_cifar10, load_cifar100
 
 CIFAR100_NAMES = [f"class_{i:02d}_name" for i in range(100)]
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from clap4cl.errors import DataNotFoundError, UserError
-from scenarios.digits import DIGIT_NAMES, load_digits
-from scenarios.fashion_mnist import (DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_NAMES,
+from scenarios.datasets.digits import DIGIT_NAMES, load_digits
+from scenarios.datasets.fashion_mnist import (DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_NAMES,
                                      load_fashion_mnist, read_idx)
 from scenarios.registry import DATASETS, available_datasets, get_dataset_splits
 

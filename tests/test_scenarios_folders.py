@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from clap4cl.errors import DataNotFoundError, UserError
-from scenarios.folders import (CUB_TEMPLATES, GENERIC_TEMPLATES, cub_class_name,
+from scenarios.datasets.folders import (CUB_TEMPLATES, GENERIC_TEMPLATES, cub_class_name,
                                imagenet_templates, imagenet_wnid_to_name, load_cub200,
                                load_image_folder, load_imagenet100, load_imagenet_r)
 

@@ -5,7 +5,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from clap4cl.errors import UserError
-from scenarios.synthetic import make_synthetic
+from scenarios.datasets.synthetic import make_synthetic
 
 
 def test_same_seed_same_data_other_seed_other_data():

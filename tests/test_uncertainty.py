@@ -13,8 +13,9 @@ from torch import nn
 
 import scenarios
 import strategies
-from clap4cl import uncertainty
-from clap4cl.config import CHOICES
+from clap4cl.runner import assemble
+from clap4cl.evaluation import scores as uncertainty
+from clap4cl.runner.config import CHOICES
 from strategies.selectors import herding_order, var_entropy_score
 
 LN3 = math.log(3.0)
@@ -178,7 +179,7 @@ def test_parametric_buffer_with_an_uncertainty_selector_in_a_stock_strategy():
 
 @pytest.mark.parametrize("selector", ["entropy", "herding"])
 def test_clap_memory_with_an_uncertainty_selector(selector):
-    from clap4cl.config import defaults
+    from clap4cl.runner.config import defaults
 
     bench = scenarios.class_incremental("synthetic", n_experiences=2, n_classes=4,
                                         train_per_class=20, test_per_class=5)
@@ -187,7 +188,7 @@ def test_clap_memory_with_an_uncertainty_selector(selector):
     config["memory"].update(selector=selector, size=8)
     with warnings.catch_warnings(record=True):        # no loggers: deliberate
         evaluator = EvaluationPlugin(loggers=[])
-    strategy = strategies.build_from_config(config, text_features=bench.text_features,
+    strategy = assemble.build_from_config(config, text_features=bench.text_features,
                                             logit_scale=100.0, evaluator=evaluator)
     for experience in bench.train_stream:
         strategy.train(experience)

@@ -1,0 +1,1 @@
+"""Frozen encoders: open_clip loading (`backbones`), prompt templates and class text features."""

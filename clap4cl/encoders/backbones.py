@@ -1,0 +1,226 @@
+"""Frozen open_clip backbones.
+
+``load_clip`` builds any open_clip architecture with a pretrained tag (downloaded by
+open_clip when online), a local checkpoint file, or no weights (random initialisation,
+seeded so that two loads give the same model). The package registers a few tiny
+architectures (``tiny-vit``, ``tiny-rn``, ``small-vit``) that run in seconds on a CPU
+for offline use and tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import open_clip
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+from clap4cl.errors import UserError
+
+TINY_CONFIG_DIR = Path(__file__).with_name("model_configs")
+TINY_ARCHITECTURES = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
+PRECISIONS = ("fp32", "fp16", "bf16")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def register_tiny_architectures() -> None:
+    """Make the package's tiny configurations known to open_clip (idempotent)."""
+    if not all(name in open_clip.list_models() for name in TINY_ARCHITECTURES):
+        open_clip.add_model_config(TINY_CONFIG_DIR)
+
+
+register_tiny_architectures()
+
+
+class FrozenCLIP(nn.Module):
+    """A frozen open_clip model in eval mode with the pieces continual learning needs.
+
+    Attributes:
+        arch: open_clip architecture name.
+        pretrained: the weights it was loaded with (tag, file path, or None).
+        identity: a string that changes whenever the encoders' function changes
+            (architecture, weights, precision); the feature cache keys on it.
+        embed_dim: joint embedding dimension D.
+        logit_scale: exp(logit_scale) of the model (100 for OpenAI CLIP).
+        preprocess_test: PIL image -> tensor (resize, centre crop, normalise).
+        preprocess_train: ``preprocess_test`` plus a random horizontal flip, as in the
+            reference implementation.
+        image_size: side of the square input image.
+    """
+
+    def __init__(self, model: nn.Module, *, arch: str, pretrained: Optional[str],
+                 weights_id: str, precision: str, preprocess_test: T.Compose):
+        super().__init__()
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.arch = arch
+        self.pretrained = pretrained
+        self.precision = precision
+        self.identity = f"{arch}|{weights_id}|{precision}"
+        self.preprocess_test = preprocess_test
+        self.preprocess_train = _with_horizontal_flip(preprocess_test)
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.embed_dim = int(model.text_projection.shape[1]) if _has_text_projection(model) \
+            else int(model.visual.output_dim)
+        self.logit_scale = float(model.logit_scale.detach().exp().item())
+        size = model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    def train(self, mode: bool = True):
+        # Frozen backbone: always stays in eval mode (no dropout, fixed norms).
+        return super().train(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the image encoder's weights (inputs are cast to it)."""
+        first_layer = next(m for m in self.model.visual.modules()
+                           if isinstance(m, (nn.Conv2d, nn.Linear)))
+        return first_layer.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, D) float32 L2-normalised features."""
+        x = images.to(device=self.device, dtype=self.dtype)
+        feats = self.model.encode_image(x).float()
+        return nn.functional.normalize(feats, dim=-1)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """A list of strings -> (N, D) float32 L2-normalised text features."""
+        texts = list(texts)
+        if not texts:
+            return torch.empty(0, self.embed_dim)
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(texts[start:start + batch_size]).to(self.device)
+            out.append(self.model.encode_text(tokens).float())
+        return nn.functional.normalize(torch.cat(out), dim=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_images(images)
+
+
+def load_clip(arch: str, pretrained: Optional[str] = None, *, precision: str = "fp32",
+              device: str = "cpu", cache_dir: Optional[str] = None, seed: int = 0) -> FrozenCLIP:
+    """Load a frozen open_clip model.
+
+    Args:
+        arch: any open_clip architecture (``open_clip.list_models()``) or one of the
+            package's tiny ones (``tiny-vit``, ``tiny-rn``, ``small-vit``).
+        pretrained: an open_clip pretrained tag such as ``"openai"`` (downloaded by
+            open_clip when online), a path to a local checkpoint file, or None for
+            random weights.
+        precision: ``fp32``, ``fp16`` or ``bf16`` for the encoders; features are
+            always returned in float32.
+        device: torch device for the encoders.
+        cache_dir: where open_clip stores downloaded weights.
+        seed: seed of the random initialisation when ``pretrained`` is None.
+    """
+    register_tiny_architectures()
+    _check_arch(arch)
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    weights_id, source = _resolve_weights(arch, pretrained)
+    if pretrained is None:
+        weights_id = f"random:seed{seed}:open_clip{open_clip.__version__}:torch{torch.__version__}"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _create_model(arch, source, precision, device, cache_dir)
+    _, _, preprocess_test = _transforms_for(model)
+    return FrozenCLIP(model, arch=arch, pretrained=pretrained, weights_id=weights_id,
+                      precision=precision, preprocess_test=preprocess_test)
+
+
+def _check_arch(arch: str) -> None:
+    known = open_clip.list_models()
+    if arch not in known:
+        tiny = ", ".join(TINY_ARCHITECTURES)
+        raise UserError(f"unknown architecture {arch!r}: use an open_clip name such as ViT-B-16 "
+                        f"or ViT-B-32, or an offline tiny one ({tiny}); "
+                        f"all {len(known)} names: python -c 'import open_clip; print(open_clip.list_models())'")
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(".") or value.endswith(_CHECKPOINT_SUFFIXES)
+
+
+def _resolve_weights(arch: str, pretrained: Optional[str]):
+    """Return (weights identity, value to pass to open_clip)."""
+    if pretrained is None:
+        return "random", None
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return f"file:{file_sha256(path)}", str(path)
+    if _looks_like_path(pretrained):
+        raise UserError(f"checkpoint file {pretrained!r} does not exist: give the path of a saved "
+                        f"open_clip state dict, an open_clip tag, or null for random weights")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        valid = ", ".join(tags) if tags else "none (use a checkpoint path or null)"
+        raise UserError(f"unknown pretrained tag {pretrained!r} for {arch}: valid tags are {valid}")
+    return f"tag:{pretrained}", pretrained
+
+
+def _create_model(arch, source, precision, device, cache_dir):
+    previous = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # silence "initialized randomly" noise
+    try:
+        return open_clip.create_model(arch, pretrained=source, precision=precision,
+                                      device=device, cache_dir=cache_dir)
+    except (RuntimeError, OSError, ValueError) as exc:
+        if source is not None and not Path(source).is_file():
+            raise UserError(f"could not download {arch} weights {source!r} ({type(exc).__name__}): "
+                            f"connect to the internet once, or pass a local checkpoint path") from exc
+        raise
+    finally:
+        logging.getLogger().setLevel(previous)
+
+
+def _transforms_for(model):
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    test = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"],
+                                     interpolation=cfg["interpolation"],
+                                     resize_mode=cfg["resize_mode"])
+    return cfg, None, test
+
+
+def _with_horizontal_flip(test: T.Compose) -> T.Compose:
+    """The test pipeline with a random horizontal flip just before tensor conversion.
+
+    The flip comes after the deterministic resize and centre crop, as in the reference,
+    so flipping the final tensor is exactly the same augmentation (the feature cache
+    relies on this).
+    """
+    steps = list(test.transforms)
+    to_tensor = next(i for i, s in enumerate(steps) if "ToTensor" in type(s).__name__)
+    return T.Compose(steps[:to_tensor] + [T.RandomHorizontalFlip()] + steps[to_tensor:])
+
+
+def _has_text_projection(model) -> bool:
+    proj = getattr(model, "text_projection", None)
+    return isinstance(proj, (torch.Tensor, nn.Parameter)) and proj.dim() == 2
+
+
+_SHA_CACHE: dict = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content (memoised by path, size and modification time)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]

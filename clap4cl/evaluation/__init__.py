@@ -1,0 +1,1 @@
+"""Evaluation: novelty scores, metrics on collected logits, Avalanche plugin metrics, modality metrics."""

@@ -1,0 +1,360 @@
+"""On-disk cache of frozen image features.
+
+Every image is encoded once per view (train: original and horizontally flipped; test:
+original) and stored as an fp16 ``.npy`` file that is later opened memory-mapped. A
+file is keyed by everything that changes its content: backbone identity (architecture,
+weights, precision), dataset fingerprint, split, view and preprocessing.
+
+Safety:
+- writes go to a temporary file that is renamed into place only when complete, and a
+  sidecar ``.json`` with the shape and a checksum is written last, so a killed
+  extraction never leaves a file that is read as valid;
+- a truncated or corrupt file (wrong shape, bad checksum, unreadable) is detected,
+  reported with a warning and rebuilt;
+- an exclusive file lock serialises extractions of the same entry across processes;
+  the second process then finds the finished entry and reuses it.
+
+Under ``torchrun`` (several ranks in a ``torch.distributed`` group) every rank encodes
+its own contiguous run of whole batches (:func:`clap4cl.distributed.shard_range`) into a
+shard file next to the entry, written and recorded exactly like an entry; rank 0 then
+joins the shards into the entry. The joined file is byte-identical to a single-process
+one, a shard finished by an interrupted run is kept and the others are redone. All ranks
+must see the same cache directory (on several nodes: a shared filesystem).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from clap4cl import distributed
+from clap4cl.errors import UserError
+
+FORMAT_VERSION = 1
+TRAIN_VIEWS = ("original", "flip")
+TEST_VIEWS = ("original",)
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that determines the content of one cached feature file."""
+
+    backbone: str
+    dataset: str
+    split: str
+    view: str
+    preprocessing: str
+
+    def digest(self) -> str:
+        payload = json.dumps([FORMAT_VERSION, self.backbone, self.dataset, self.split,
+                              self.view, self.preprocessing])
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+    def as_dict(self) -> dict:
+        return {"backbone": self.backbone, "dataset": self.dataset, "split": self.split,
+                "view": self.view, "preprocessing": self.preprocessing}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of an entry, encoded by shard ``index`` of ``count``."""
+
+    index: int
+    count: int
+    start: int
+    stop: int
+
+    @classmethod
+    def of(cls, n_items: int, batch_size: int, index: int, count: int) -> "Shard":
+        """Shard ``index`` of ``count`` of ``n_items`` in whole batches (see ``shard_range``)."""
+        return cls(index, count, *distributed.shard_range(n_items, batch_size, index, count))
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def suffix(self) -> str:
+        return f".shard{self.index}of{self.count}"
+
+
+class FeatureCache:
+    """A directory of cached features; see the module docstring for the guarantees.
+
+    Attributes:
+        extracted_images: number of images encoded by this object (tests use it to
+            check that a warm cache never calls the encoder).
+    """
+
+    def __init__(self, root):
+        self.root = Path(root).expanduser()
+        self.extracted_images = 0
+
+    # ---- paths -------------------------------------------------------------------
+    def data_path(self, key: CacheKey, shard: Optional[Shard] = None) -> Path:
+        """The ``.npy`` file of ``key`` (of one of its shards when ``shard`` is given)."""
+        return self.root / "features" / f"{self._stem(key)}{shard.suffix if shard else ''}.npy"
+
+    def meta_path(self, key: CacheKey, shard: Optional[Shard] = None) -> Path:
+        """The completion record (``.json``) next to ``data_path(key, shard)``."""
+        return self.data_path(key, shard).with_suffix(".json")
+
+    @staticmethod
+    def _stem(key: CacheKey) -> str:
+        return f"{key.split}-{key.view}-{key.digest()}"
+
+    def _lock_path(self, keys: Sequence[CacheKey]) -> Path:
+        return self.data_path(keys[0]).with_suffix(".lock")
+
+    # ---- reading -----------------------------------------------------------------
+    def load(self, key: CacheKey, expected_rows: Optional[int] = None,
+             shard: Optional[Shard] = None) -> Optional[np.ndarray]:
+        """The cached (N, D) fp16 features as a read-only memory map, or None.
+
+        With ``shard``, the rows of that shard of the entry instead. A file that exists
+        but fails validation is removed with a warning.
+        """
+        data, meta = self.data_path(key, shard), self.meta_path(key, shard)
+        if not meta.is_file():
+            if data.exists():
+                self._discard(key, "it has no completion record (interrupted write)", shard)
+            return None
+        problem = self._validate(key, expected_rows, shard)
+        if problem:
+            self._discard(key, problem, shard)
+            return None
+        return np.load(data, mmap_mode="r")
+
+    def _validate(self, key: CacheKey, expected_rows: Optional[int],
+                  shard: Optional[Shard] = None) -> Optional[str]:
+        try:
+            meta = json.loads(self.meta_path(key, shard).read_text())
+            if meta.get("key") != _record_key(key, shard):
+                return "its record belongs to another key"
+            array = np.load(self.data_path(key, shard), mmap_mode="r")
+        except (OSError, ValueError, json.JSONDecodeError) as exc:
+            return f"it cannot be read ({type(exc).__name__}: {exc})"
+        if list(array.shape) != meta.get("shape") or array.dtype != np.float16:
+            return f"its shape {array.shape} does not match the record {meta.get('shape')}"
+        if expected_rows is not None and array.shape[0] != expected_rows:
+            return f"it has {array.shape[0]} rows but the dataset has {expected_rows}"
+        if _checksum(array) != meta.get("checksum"):
+            return "its checksum does not match (corrupt file)"
+        return None
+
+    def _discard(self, key: CacheKey, reason: str, shard: Optional[Shard] = None) -> None:
+        warnings.warn(f"feature cache entry {self.data_path(key, shard).name} is invalid "
+                      f"because {reason}; rebuilding it", RuntimeWarning, stacklevel=3)
+        for path in (self.meta_path(key, shard), self.data_path(key, shard)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # ---- writing -----------------------------------------------------------------
+    def get_or_extract(self, backbone, dataset: Dataset, *, dataset_id: str, split: str,
+                       views: Sequence[str] = TEST_VIEWS, batch_size: int = 128,
+                       num_workers: int = 0, progress: bool = True) -> Dict[str, np.ndarray]:
+        """Features of every image of ``dataset`` for each view, extracting what is missing.
+
+        ``dataset`` yields ``(image tensor, label)`` already preprocessed with the
+        backbone's test pipeline; the ``flip`` view is the horizontally flipped tensor.
+        Under torchrun every rank must call this alike: the ranks share the encoding
+        (see the module docstring) and all return the same features; progress is shown
+        on rank 0 only.
+        """
+        keys = {v: self.key(backbone, dataset_id, split, v) for v in views}
+        label = f"{dataset_id} {split}"
+        if distributed.is_distributed():
+            return self._get_or_extract_sharded(backbone, dataset, keys, batch_size, num_workers,
+                                                progress and distributed.is_main(), label)
+        found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
+        if all(a is not None for a in found.values()):
+            return found
+        self.root.joinpath("features").mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(self._lock_path(list(keys.values()))):
+            found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
+            todo = [v for v, a in found.items() if a is None]
+            if todo:
+                self._extract(backbone, dataset, {v: keys[v] for v in todo},
+                              batch_size, num_workers, progress, label)
+                found.update({v: self.load(keys[v], len(dataset)) for v in todo})
+        return found
+
+    def _get_or_extract_sharded(self, backbone, dataset, keys: Dict[str, CacheKey], batch_size,
+                                num_workers, progress, label) -> Dict[str, np.ndarray]:
+        # No lock is held across a collective: a rank holding the entry lock while another
+        # waits for it at the barrier would deadlock. Only rank 0's join takes it.
+        n = len(dataset)
+        # rank 0 alone inspects (and may discard) the entries, so all ranks agree on the work
+        todo = distributed.broadcast_object(
+            [v for v, k in keys.items() if self.load(k, n) is None] if distributed.is_main()
+            else None)
+        if todo:
+            shards = [Shard.of(n, batch_size, r, distributed.world_size())
+                      for r in range(distributed.world_size())]
+            self.root.joinpath("features").mkdir(parents=True, exist_ok=True)
+            self._extract_shard(backbone, dataset, {v: keys[v] for v in todo},
+                                shards[distributed.rank()], batch_size, num_workers, progress, label)
+            distributed.barrier()
+            problem = None
+            if distributed.is_main():
+                try:
+                    with _exclusive_lock(self._lock_path(list(keys.values()))):
+                        self._join_shards({v: keys[v] for v in todo}, n, shards)
+                except UserError as exc:
+                    problem = str(exc)
+            problem = distributed.broadcast_object(problem)  # also the barrier after the join
+            if problem:
+                raise UserError(problem)
+        found = {v: self.load(k, n) for v, k in keys.items()}
+        if any(a is None for a in found.values()):
+            raise UserError(f"rank {distributed.rank()} cannot read the feature cache entries "
+                            f"rank 0 wrote in {self.root}: {_SHARED_DIR}")
+        return found
+
+    def _extract_shard(self, backbone, dataset, keys: Dict[str, CacheKey], shard: Shard,
+                       batch_size, num_workers, progress, label) -> None:
+        """Encode ``shard``'s rows of the views whose shard file is not already complete."""
+        if shard.rows == 0:  # more ranks than batches
+            return
+        todo = {v: k for v, k in keys.items() if self.load(k, shard.rows, shard) is None}
+        if todo:
+            self._extract(backbone, dataset, todo, batch_size, num_workers, progress,
+                          f"{label} (shard {shard.index + 1} of {shard.count})", shard)
+
+    def _join_shards(self, keys: Dict[str, CacheKey], n: int, shards: List[Shard]) -> None:
+        """Concatenate the finished shards of every entry into it, then remove them.
+
+        Runs on rank 0 under the entry lock; an entry another process finished meanwhile
+        is kept as it is.
+        """
+        missing = {v: k for v, k in keys.items() if self.load(k, n) is None}
+        if missing:
+            shards = [s for s in shards if s.rows]
+            parts = {v: [self._finished_shard(k, s) for s in shards] for v, k in missing.items()}
+            dim = next(iter(parts.values()))[0].shape[1]
+            with self._new_entries(missing, n, dim) as arrays:
+                for view, array in arrays.items():
+                    for shard, part in zip(shards, parts[view]):
+                        array[shard.start:shard.stop] = part
+        for key in keys.values():
+            self._remove_shards(key)
+
+    def _finished_shard(self, key: CacheKey, shard: Shard) -> np.ndarray:
+        name = self.data_path(key, shard).name
+        if not self.meta_path(key, shard).is_file():
+            raise UserError(f"feature cache shard {name} is missing after every rank finished "
+                            f"encoding: {_SHARED_DIR}")
+        part = self.load(key, shard.rows, shard)
+        if part is None:
+            raise UserError(f"feature cache shard {name} was damaged after it was written "
+                            f"(it has been removed): run the same command again")
+        return part
+
+    def _remove_shards(self, key: CacheKey) -> None:
+        """Remove every shard file of ``key``: of any shard count, and orphaned temporaries."""
+        for path in (self.root / "features").glob(self._stem(key) + ".shard*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    @staticmethod
+    def key(backbone, dataset_id: str, split: str, view: str) -> CacheKey:
+        return CacheKey(backbone.identity, dataset_id, split, view, repr(backbone.preprocess_test))
+
+    def _extract(self, backbone, dataset, keys: Dict[str, CacheKey], batch_size,
+                 num_workers, progress, label, shard: Optional[Shard] = None) -> None:
+        """Encode ``dataset`` (only ``shard``'s rows when given) into the entries ``keys``."""
+        if shard is not None:
+            # shards start on a batch boundary: the loader yields the single-process batches
+            dataset = Subset(dataset, range(shard.start, shard.stop))
+        n = len(dataset)
+        with self._new_entries(keys, n, backbone.embed_dim, shard) as arrays:
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                num_workers=num_workers)
+            start = 0
+            bar = tqdm(total=n, desc=f"extract {label}", unit="img", disable=not progress,
+                       leave=False)
+            for images, _ in loader:
+                stop = start + len(images)
+                for view, array in arrays.items():
+                    batch = torch.flip(images, dims=[-1]) if view == "flip" else images
+                    array[start:stop] = backbone.encode_images(batch).numpy().astype(np.float16)
+                self.extracted_images += len(images)
+                bar.update(len(images))
+                start = stop
+            bar.close()
+
+    @contextlib.contextmanager
+    def _new_entries(self, keys: Dict[str, CacheKey], n: int, dim: int,
+                     shard: Optional[Shard] = None):
+        """Writable (n, dim) fp16 temporary memory maps, one per view of ``keys``.
+
+        Committed when the block completes, removed if it raises.
+        """
+        tmp_paths = {v: self.data_path(k, shard).with_suffix(f".tmp{os.getpid()}.npy")
+                     for v, k in keys.items()}
+        arrays = {v: np.lib.format.open_memmap(p, mode="w+", dtype=np.float16, shape=(n, dim))
+                  for v, p in tmp_paths.items()}
+        try:
+            yield arrays
+            for view, array in arrays.items():
+                array.flush()
+                self._commit(keys[view], tmp_paths[view], (n, dim), _checksum(array), shard)
+        finally:
+            arrays.clear()
+            for p in tmp_paths.values():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def _commit(self, key: CacheKey, tmp: Path, shape, checksum: str,
+                shard: Optional[Shard] = None) -> None:
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.data_path(key, shard))
+        record = {"key": _record_key(key, shard), "shape": list(shape), "dtype": "float16",
+                  "checksum": checksum, "format": FORMAT_VERSION}
+        meta_tmp = self.meta_path(key, shard).with_suffix(f".tmp{os.getpid()}")
+        meta_tmp.write_text(json.dumps(record, indent=1))
+        os.replace(meta_tmp, self.meta_path(key, shard))
+
+
+_SHARED_DIR = ("every rank must use the same cache directory (cache.dir; on several nodes "
+               "a directory on a filesystem all nodes share)")
+
+
+def _record_key(key: CacheKey, shard: Optional[Shard]) -> dict:
+    """What a completion record names: the key, and for a shard also which rows it holds
+    (a shard of another shard count or batch size is not mistaken for this one)."""
+    if shard is None:
+        return key.as_dict()
+    return {**key.as_dict(), "shard": [shard.index, shard.count], "rows": [shard.start, shard.stop]}
+
+
+def _checksum(array: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    # reshape of a C-contiguous memory map is a view: the file is read in chunks
+    flat = np.asarray(array).reshape(-1).view(np.uint8)
+    step = 1 << 24
+    for start in range(0, flat.size, step):
+        digest.update(flat[start:start + step])
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

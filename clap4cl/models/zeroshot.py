@@ -1,0 +1,42 @@
+"""Continual-CLIP's zero-shot classifier: τ·cosine logits against class text features."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from avalanche.models.dynamic_modules import DynamicModule
+from torch import nn
+
+
+class ZeroShotClassifier(DynamicModule):
+    """logits = logit_scale · ⟨x̂, t_c⟩ over the classes seen so far.
+
+    Args:
+        class_features: (C, D) L2-normalised class text features of the whole stream, in
+            label order (row c is label c).
+        logit_scale: the CLIP temperature τ (exp of ``logit_scale``).
+        image_encoder: optional frozen encoder used when inputs are images (B, 3, H, W)
+            rather than features (B, D).
+    """
+
+    def __init__(self, class_features: torch.Tensor, logit_scale: float,
+                 image_encoder: Optional[nn.Module] = None):
+        super().__init__()
+        self.register_buffer("class_features", nn.functional.normalize(class_features.float(), dim=-1))
+        self.logit_scale = float(logit_scale)
+        self.image_encoder = image_encoder
+        self.n_seen_classes = 0
+
+    def adaptation(self, experience) -> None:
+        """Extend the label space with the classes of a training experience."""
+        if self.training:
+            classes = experience.classes_in_this_experience
+            self.n_seen_classes = max(self.n_seen_classes, max(classes) + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            if self.image_encoder is None:
+                raise ValueError("image inputs need an image_encoder; pass features (B, D) otherwise")
+            x = self.image_encoder.encode_images(x)
+        feats = nn.functional.normalize(x.float(), dim=-1)
+        return self.logit_scale * feats @ self.class_features[: self.n_seen_classes].T

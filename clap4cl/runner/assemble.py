@@ -1,0 +1,119 @@
+"""Strategy factory: the Avalanche strategy a resolved config's ``method`` names.
+
+Like open_clip's ``create_model``, one function maps a name plus settings to a ready
+object, so experiment scripts and the CLI never repeat the wiring.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+from clap4cl.models.adapter import CLIPAdapterModel
+from clap4cl.models.clap import ClapModel
+from clap4cl.models.multi_encoder import MultiEncoderClassifier
+from clap4cl.encoders.text_features import ClassTextFeatures
+
+from strategies.clap import CLAP
+from strategies.clip_adapter import CLIPAdapter
+from strategies.exemplars import ClassBalancedMemory
+from strategies.multi_encoder import AdamNaive, QuietReplayPlugin
+from strategies.selectors import make_selector
+from strategies.zeroshot import ZeroShotCLIP
+
+METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder")
+
+
+def model_eval_context(eval_context: str) -> str:
+    """The model's VGA context for the experiment's ``eval.context``.
+
+    ``reference`` and ``mixed`` both use the test batch as context; they differ in how
+    the experiment forms the batches (task-homogeneous vs shuffled across tasks).
+    """
+    return "per_image" if eval_context == "per_image" else "batch"
+
+
+def build_memory(memory: Dict[str, Any]) -> ClassBalancedMemory:
+    """The replay memory of a config's ``memory`` section."""
+    return ClassBalancedMemory(policy=memory["policy"], size=memory["size"],
+                               per_class=memory["per_class"],
+                               selector=make_selector(memory["selector"]))
+
+
+def build_clap_model(config: Dict[str, Any], text: ClassTextFeatures, logit_scale: float,
+                     image_encoder=None) -> ClapModel:
+    """The ``ClapModel`` of a config (variational unless method is clap_deterministic)."""
+    c = config["clap"]
+    return ClapModel(
+        text, logit_scale, vga=c["vga"], vga_heads=c["vga_heads"], vga_ffn_dim=c["vga_ffn_dim"],
+        vga_dropout=c["vga_dropout"], mc_samples=c["mc_samples"],
+        variational=config["method"] != "clap_deterministic",
+        init_from_language=c["init_from_language"],
+        language_init_classes=c["language_init_classes"], train_context=c["train_context"],
+        eval_context=model_eval_context(config["eval"]["context"]), image_encoder=image_encoder)
+
+
+def build_multi_encoder(config: Dict[str, Any], input_dims, n_classes, *, eval_mb_size, device,
+                        plugins, evaluator):
+    """Avalanche ``Naive`` (Adam, cross-entropy) on a ``MultiEncoderClassifier``, with
+    Avalanche's ``ReplayPlugin`` when ``memory.size`` > 0."""
+    import torch
+
+    if not input_dims or not n_classes:
+        raise ValueError("multi_encoder needs input_dims and n_classes (a two_modality stream)")
+    m = config["multi_encoder"]
+    model = MultiEncoderClassifier(input_dims, n_classes, fusion=m["fusion"], fill=m["fill"],
+                                   hidden=m["hidden"], fused_hidden=m["fused_hidden"])
+    plugins = list(plugins)
+    if config["memory"]["size"]:
+        plugins.append(QuietReplayPlugin(mem_size=config["memory"]["size"]))
+    return AdamNaive(model=model, lr=m["lr"], criterion=torch.nn.CrossEntropyLoss(),
+                     train_mb_size=m["batch_size"], train_epochs=m["epochs"],
+                     eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator)
+
+
+def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeatures,
+                      logit_scale: float, evaluator=None, plugins: Sequence = (),
+                      image_encoder=None, device: Optional[str] = None,
+                      input_dims: Optional[Dict[str, int]] = None, n_classes: Optional[int] = None):
+    """The strategy of ``config['method']`` with every hyperparameter from ``config``.
+
+    Args:
+        config: a resolved config (``clap4cl.runner.config.resolve``).
+        text_features: text statistics of every class of the stream, label order.
+        logit_scale: CLIP's temperature τ.
+        evaluator: an Avalanche ``EvaluationPlugin`` (None: Avalanche's default).
+        plugins: extra Avalanche plugins.
+        image_encoder: a frozen encoder, for streams of images rather than features.
+        device: training device (default: ``backbone.device``).
+        input_dims, n_classes: the modalities' widths and the stream's classes
+            (``multi_encoder`` only; ``benchmark.input_dims`` of the two_modality stream).
+    """
+    method = config["method"]
+    device = device or config["backbone"]["device"]
+    eval_mb = config["eval"]["batch_size"]
+    common = dict(eval_mb_size=eval_mb, device=device, plugins=plugins, evaluator=evaluator)
+    if method == "zeroshot":
+        return ZeroShotCLIP(class_features=text_features.normalized, logit_scale=logit_scale,
+                            image_encoder=image_encoder, **common)
+    if method == "multi_encoder":
+        return build_multi_encoder(config, input_dims, n_classes, **common)
+    memory = build_memory(config["memory"])
+    if method in ("clap", "clap_deterministic"):
+        c = config["clap"]
+        model = build_clap_model(config, text_features, logit_scale, image_encoder)
+        return CLAP(model=model, memory=memory, train_epochs=c["epochs"],
+                    finetune_epochs=c["finetune_epochs"], lr=c["lr"],
+                    finetune_lr_factor=c["finetune_lr_factor"],
+                    warmup_fraction=c["warmup_fraction"], min_lr_factor=c["min_lr_factor"],
+                    beta=c["beta"], kl_weight=c["kl_weight"],
+                    regularize_all_tasks=c["regularize_all_tasks"],
+                    train_mb_size=c["batch_size"], **common)
+    if method == "clip_adapter":
+        a = config["clip_adapter"]
+        model = CLIPAdapterModel(text_features.normalized, logit_scale, ratio=a["ratio"],
+                                 reduction=a["reduction"],
+                                 reinit_each_experience=a["reinit_each_experience"],
+                                 image_encoder=image_encoder)
+        return CLIPAdapter(model=model, memory=memory, train_epochs=a["epochs"], lr=a["lr"],
+                           min_lr_factor=config["clap"]["min_lr_factor"],
+                           train_mb_size=a["batch_size"], **common)
+    raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")

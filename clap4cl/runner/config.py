@@ -1,0 +1,210 @@
+"""Experiment configuration: YAML files merged over documented defaults.
+
+``clap4cl/defaults.yaml`` lists every key with its default and a comment. A user
+config and ``--set key=value`` overrides are merged on top; unknown keys, wrong types
+and invalid choices raise :class:`~clap4cl.errors.ConfigError` with one line.
+"""
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+import yaml
+
+from clap4cl.errors import ConfigError
+
+# Types of keys whose default is null.
+NULLABLE = {
+    "seed": (int,),
+    "backbone.pretrained": (str,),
+    "dataset.root": (str,),
+    "dataset.class_order": (list,),
+    "dataset.first_experience_classes": (int,),
+    "dataset.templates": (list,),
+    "cache.dir": (str,),
+    "eval.novelty_dataset": (str,),
+    "eval.novelty_root": (str,),
+}
+
+CHOICES = {
+    "method": ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder"),
+    "eval.reliability_pairs": ("leave_one_out", "all_nested"),
+    "multi_encoder.fusion": ("concat", "late"),
+    "multi_encoder.fill": ("zeros", "mean", "learned"),
+    "backbone.precision": ("fp32", "fp16", "bf16"),
+    "eval.context": ("per_image", "mixed", "reference"),
+    "clap.train_context": ("batch", "per_image"),
+    "clap.language_init_classes": ("all", "new"),
+    "memory.policy": ("fixed_total", "per_class"),
+    "memory.selector": ("random", "reference_first_k", "herding", "herding_logits", "entropy",
+                        "energy", "variance", "var_entropy", "distance"),
+}
+
+POSITIVE = ("dataset.n_experiences", "cache.batch_size", "eval.batch_size",
+            "clap.batch_size", "clap.mc_samples", "clap.vga_heads", "clap.vga_ffn_dim",
+            "clip_adapter.batch_size", "clip_adapter.reduction", "multi_encoder.hidden",
+            "multi_encoder.fused_hidden", "multi_encoder.batch_size", "multi_encoder.lr")
+NON_NEGATIVE = ("run", "cache.num_workers", "clap.epochs", "clap.finetune_epochs",
+                "clap.lr", "clap.beta", "clap.kl_weight", "clap.finetune_lr_factor",
+                "clap.warmup_fraction", "clap.min_lr_factor", "clap.vga_dropout",
+                "clip_adapter.epochs", "clip_adapter.lr", "clip_adapter.ratio",
+                "memory.size", "memory.per_class", "multi_encoder.epochs")
+
+
+def defaults() -> Dict[str, Any]:
+    """The default configuration (a fresh copy)."""
+    text = resources.files("clap4cl.runner").joinpath("defaults.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def default_config_path() -> Path:
+    """``configs/default.yaml``: the offline embedded run of ``clap4cl run``."""
+    return Path(str(resources.files("configs").joinpath("default.yaml")))
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Dict[str, Any]:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
+    config = defaults()
+    if path is not None:
+        merge(config, read_yaml(path), where=str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_key(config, key, value)
+    validate(config)
+    return config
+
+
+def read_yaml(path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found: give an existing YAML file "
+                          f"(or omit --config for the default run)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return data
+
+
+def parse_override(item: str):
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value: write e.g. --set dataset.n_experiences=5")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def merge(base: Dict[str, Any], update: Dict[str, Any], where: str = "config", prefix: str = "") -> None:
+    """Merge ``update`` into ``base`` in place, rejecting keys ``base`` does not have."""
+    for key, value in update.items():
+        full = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(_unknown_key_message(full, base, prefix))
+        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
+            merge(base[key], value, where, prefix=f"{full}.")
+        else:
+            base[key] = value
+
+
+def set_key(config: Dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested config, rejecting unknown keys."""
+    parts = dotted.split(".")
+    node = config
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth])
+        prefix = f"{prefix}." if prefix else ""
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(_unknown_key_message(dotted, node if isinstance(node, dict) else {}, prefix))
+        if depth == len(parts) - 1:
+            if isinstance(node[part], dict) and node[part] and isinstance(value, dict):
+                merge(node[part], value, prefix=f"{dotted}.")  # a section: merge, keep siblings
+            else:
+                node[part] = value
+        else:
+            node = node[part]
+
+
+def _unknown_key_message(full: str, node: Dict[str, Any], prefix: str) -> str:
+    valid = ", ".join(f"{prefix}{k}" for k in node)
+    return f"unknown config key {full!r}: valid keys here are {valid}"
+
+
+def validate(config: Dict[str, Any]) -> None:
+    """Check types, choices and ranges of every key against the defaults."""
+    _check_types(config, defaults(), "")
+    for key, options in CHOICES.items():
+        value = get(config, key)
+        if value not in options:
+            raise ConfigError(f"{key} = {value!r} is not valid: choose one of {', '.join(options)}")
+    for key in POSITIVE:
+        if get(config, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {get(config, key)}")
+    for key in NON_NEGATIVE:
+        if get(config, key) < 0:
+            raise ConfigError(f"{key} must not be negative, got {get(config, key)}")
+    if not isinstance(config["plugins"], list) or not all(
+            isinstance(p, (dict, str)) for p in config["plugins"]):
+        raise ConfigError("plugins must be a list such as [{name: cml, weight: 1.0}]")
+    _check_method_data(config)
+    from strategies.plugins.registry import build_plugins
+
+    build_plugins(config["plugins"])  # unknown plugins and options fail before any work
+
+
+def _check_method_data(config) -> None:
+    multimodal_data = str(config["dataset"]["name"]).replace("-", "_").lower() == "two_modality"
+    if multimodal_data != (config["method"] == "multi_encoder"):
+        raise ConfigError(f"method {config['method']!r} cannot run on dataset "
+                          f"{config['dataset']['name']!r}: the two_modality stream goes with "
+                          f"method multi_encoder, CLIP methods with image or synthetic data")
+
+
+def _check_types(config, reference, prefix) -> None:
+    for key, default in reference.items():
+        full = f"{prefix}{key}"
+        value = config[key]
+        if isinstance(default, dict) and default:
+            if not isinstance(value, dict):
+                keys = ", ".join(f"{full}.{k}" for k in default)
+                raise ConfigError(f"{full} must be a mapping of its keys ({keys}), "
+                                  f"got {type(value).__name__} {value!r}")
+            _check_types(value, default, f"{full}.")
+            continue
+        if value is None and default is None:
+            continue
+        allowed = NULLABLE.get(full) if default is None else (type(default),)
+        if allowed is None:
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            config[key] = float(value)
+            continue
+        if isinstance(value, bool) and bool not in allowed:
+            ok = False
+        else:
+            ok = isinstance(value, allowed)
+        if not ok:
+            names = " or ".join(t.__name__ for t in allowed)
+            nullable = " or null" if full in NULLABLE else ""
+            raise ConfigError(f"{full} must be {names}{nullable}, got {type(value).__name__} {value!r}")
+
+
+def get(config: Dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted key."""
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def dump(config: Dict[str, Any]) -> str:
+    """YAML text of a resolved config (key order preserved)."""
+    return yaml.safe_dump(copy.deepcopy(config), sort_keys=False)

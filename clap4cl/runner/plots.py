@@ -1,0 +1,128 @@
+"""PNG plots of a run: accuracy per step, the accuracy matrix, reliability and novelty ROC.
+
+Every function returns a matplotlib Figure (for TensorBoard's ``add_figure``);
+``save_run_plots`` writes the four PNGs of a run directory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from clap4cl.evaluation.metrics import ECE_BINS, softmax  # noqa: E402
+
+PLOT_FILES = ("accuracy_per_step.png", "accuracy_matrix.png", "reliability.png", "novelty_roc.png")
+
+
+def accuracy_per_step(step_accuracy: Sequence[float], title: str = "") -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    steps = np.arange(1, len(step_accuracy) + 1)
+    ax.plot(steps, 100 * np.asarray(step_accuracy), marker="o")
+    ax.set(xlabel="experiences learned", ylabel="accuracy on seen classes (%)", ylim=(0, 100),
+           xticks=steps, title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_matrix(matrix: List[List[Optional[float]]], title: str = "") -> plt.Figure:
+    values = np.array([[np.nan if v is None else 100 * v for v in row] for row in matrix])
+    fig, ax = plt.subplots(figsize=(5, 4))
+    image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis")
+    for (t, k), v in np.ndenumerate(values):
+        if not np.isnan(v):
+            ax.text(k, t, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < 60 else "black")
+    ax.set(xlabel="test data of experience", ylabel="after training experience", title=title)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_bins(logits: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS):
+    """(bin centres, accuracy, mean confidence, count) of equal-width confidence bins."""
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    confidence, prediction = probs.max(1), probs.argmax(1)
+    correct = prediction == np.asarray(targets)
+    index = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins)
+    accuracy = np.bincount(index, correct, minlength=n_bins) / np.maximum(counts, 1)
+    mean_conf = np.bincount(index, confidence, minlength=n_bins) / np.maximum(counts, 1)
+    centres = (np.arange(n_bins) + 0.5) / n_bins
+    return centres, accuracy, mean_conf, counts
+
+
+def reliability_diagram(logits: np.ndarray, targets: np.ndarray, title: str = "") -> plt.Figure:
+    centres, accuracy, mean_conf, counts = reliability_bins(logits, targets)
+    filled = counts > 0
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    width = 1.0 / len(centres)
+    ax.bar(centres[filled], accuracy[filled], width=width, edgecolor="black", label="accuracy")
+    ax.bar(centres[filled], (mean_conf - accuracy)[filled], bottom=accuracy[filled], width=width,
+           color="tab:red", alpha=0.35, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def novelty_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]],
+                auroc_per_step: Optional[Dict[str, List[Tuple[int, float]]]] = None,
+                title: str = "") -> plt.Figure:
+    """Left: ROC curves, ``curves[name] = (in-distribution scores, novel scores)``.
+    Right: AUROC of each score per step, ``auroc_per_step[name] = [(step, auroc), ...]``."""
+    fig, (ax, ax_steps) = plt.subplots(1, 2, figsize=(9, 4.2))
+    for name, (id_scores, ood_scores) in curves.items():
+        y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+        fpr, tpr, _ = roc_curve(y, np.concatenate([id_scores, ood_scores]))
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=1)
+    ax.set(xlabel="false positive rate (novel accepted)", ylabel="true positive rate (seen kept)",
+           title=f"{title}, last step" if title else "last step")
+    for name, points in (auroc_per_step or {}).items():
+        steps, values = zip(*points)
+        ax_steps.plot(np.asarray(steps) + 1, 100 * np.asarray(values), marker="o", label=name)
+        ax_steps.set_xticks(np.asarray(steps) + 1)
+    ax_steps.axhline(50, color="k", linestyle=":", linewidth=1)
+    ax_steps.set(xlabel="experiences learned", ylabel="AUROC (%)", ylim=(0, 100), title="per step")
+    for axis in (ax, ax_steps):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run_figures(results: Dict, reliability: Tuple[np.ndarray, np.ndarray],
+                roc_curves: Optional[Dict]) -> Dict[str, plt.Figure]:
+    """The four figures of a run, keyed by file name."""
+    name = f"{results['method']} on {results['dataset']}"
+    figures = {
+        "accuracy_per_step.png": accuracy_per_step(results["step_accuracy"], name),
+        "accuracy_matrix.png": accuracy_matrix(results["accuracy_matrix"], name),
+        "reliability.png": reliability_diagram(*reliability, f"{name}, last step"),
+        "novelty_roc.png": novelty_roc(roc_curves or {}, _auroc_per_step(results["novelty"]),
+                                       f"{name}: novelty"),
+    }
+    return figures
+
+
+def _auroc_per_step(entries: List[Dict]) -> Dict[str, List[Tuple[int, float]]]:
+    if not entries:
+        return {}
+    return {score: [(e["step"], e["scores"][score]["auroc"]) for e in entries]
+            for score in entries[0]["scores"]}
+
+
+def save_figures(figures: Dict[str, plt.Figure], directory: Path) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for file_name, fig in figures.items():
+        fig.savefig(directory / file_name, dpi=100)
+        plt.close(fig)

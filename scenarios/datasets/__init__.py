@@ -1,0 +1,1 @@
+"""Dataset loaders, one file per dataset family, registered in `scenarios.registry`."""
