@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from clap4cl.runner import experiment
+from clap4cl.runner import results as run_results
 from clap4cl.runner.config import load_config
 from clap4cl.runner.experiment import run_experiment
 
@@ -59,7 +59,7 @@ def resident_gib() -> float:
 
 class PhaseMemory:
     """Resident-memory high-water mark per phase of the run (extract = generating the
-    stream, train, eval), sampled every 20 ms while ``clap4cl.runner.experiment.Timer`` phases run."""
+    stream, train, eval), sampled every 20 ms while ``clap4cl.runner.run_results.Timer`` phases run."""
 
     def __init__(self):
         self.peaks = {}
@@ -74,7 +74,7 @@ class PhaseMemory:
 
     @contextlib.contextmanager
     def watching(self):
-        original = experiment.Timer.phase
+        original = run_results.Timer.phase
         memory = self
 
         @contextlib.contextmanager
@@ -86,11 +86,11 @@ class PhaseMemory:
             finally:
                 memory.phase = "between phases"
 
-        experiment.Timer.phase = phase
+        run_results.Timer.phase = phase
         try:
             yield
         finally:
-            experiment.Timer.phase = original
+            run_results.Timer.phase = original
 
 
 def bench(size: str, epochs: int, finetune_epochs: int, top: int) -> None:

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from clap4cl.cli import main
-from clap4cl.runner.experiment import predict_logits
+from clap4cl.runner.evaluate import predict_logits
 
 
 class BatchCentred(nn.Module):

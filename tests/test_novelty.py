@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from clap4cl.runner import experiment, plots
+from clap4cl.runner import evaluate, experiment, plots
 from clap4cl.evaluation import metrics, scores as uncertainty
 from clap4cl.cli import main
 from clap4cl.runner.config import load_config
@@ -22,7 +22,7 @@ def config_with(**overrides):
 def test_novel_data_is_exactly_the_future_classes_at_each_step(tmp_path, monkeypatch):
     calls = []
     real_metrics = metrics.novelty_scores_metrics
-    real_predict = experiment.predict_logits
+    real_predict = evaluate.predict_logits
 
     def recording_predict(model, datasets, *args, **kwargs):
         out = real_predict(model, datasets, *args, **kwargs)
@@ -33,7 +33,7 @@ def test_novel_data_is_exactly_the_future_classes_at_each_step(tmp_path, monkeyp
         calls.append(("sizes", (len(id_samples), len(ood_samples))))
         return real_metrics(id_samples, ood_samples)
 
-    monkeypatch.setattr(experiment, "predict_logits", recording_predict)
+    monkeypatch.setattr(evaluate, "predict_logits", recording_predict)
     monkeypatch.setattr(metrics, "novelty_scores_metrics", recording_metrics)
     results = experiment.run_experiment(config_with(method="zeroshot"), tmp_path / "run", progress=False)
     seen_per_step = [cls for cls in results["classes_per_experience"]]

@@ -117,3 +117,17 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
                            min_lr_factor=config["clap"]["min_lr_factor"],
                            train_mb_size=a["batch_size"], **common)
     raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def build_strategy(config, text_features, logit_scale, evaluator, plugins, benchmark=None):
+    """The Avalanche strategy of ``config['method']`` (see :func:`build_from_config`) with
+    the config's ``plugins`` (CML, MAR, ...) before ``plugins``, and the non-finite loss guard."""
+    from strategies.guards import NonFiniteLossGuard
+    from strategies.plugins.registry import build_plugins
+
+    input_dims = getattr(benchmark, "input_dims", None)
+    n_classes = len(benchmark.class_names) if benchmark is not None else None
+    return build_from_config(
+        config, text_features=text_features, logit_scale=logit_scale, evaluator=evaluator,
+        plugins=[*build_plugins(config["plugins"]), *plugins, NonFiniteLossGuard()],
+        input_dims=input_dims, n_classes=n_classes)

@@ -1,0 +1,96 @@
+"""What a run reads: the backbone, the benchmark, class text and the external novel data."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+from clap4cl.encoders.prompts import class_text_features
+from clap4cl.errors import UserError
+from clap4cl.features.cache import FeatureCache
+
+
+SYNTHETIC_LOGIT_SCALE = 100.0
+
+
+def feature_only(config) -> bool:
+    from scenarios.registry import is_feature_dataset
+
+    return is_feature_dataset(config["dataset"]["name"])
+
+
+def load_backbone(config: Dict[str, Any]):
+    """The frozen CLIP of the config, or None for feature-only streams (synthetic, two_modality)."""
+    from clap4cl.encoders.backbones import load_clip
+
+    if feature_only(config):
+        return None
+    bb = config["backbone"]
+    return load_clip(bb["arch"], bb["pretrained"], precision=bb["precision"], device=bb["device"])
+
+
+def build_benchmark(config: Dict[str, Any], backbone, cache: FeatureCache, progress: bool):
+    """The feature-level class-incremental benchmark the config describes."""
+    import scenarios
+
+    ds = config["dataset"]
+    return scenarios.class_incremental(
+        ds["name"], n_experiences=ds["n_experiences"], run=config["run"], root=ds["root"],
+        class_order=ds["class_order"], first_experience_classes=ds["first_experience_classes"],
+        level="features", backbone=backbone, cache=cache, download=ds["download"],
+        progress=progress, batch_size=config["cache"]["batch_size"],
+        num_workers=config["cache"]["num_workers"], **ds["options"])
+
+
+def stream_text_features(config, benchmark, backbone, cache: FeatureCache):
+    """Class text statistics of every class of the stream, in label order (None for
+    streams without class text, such as two_modality)."""
+    if getattr(benchmark, "input_dims", None) is not None:
+        return None
+    if getattr(benchmark, "text_features", None) is not None:
+        return benchmark.text_features
+    templates = config["dataset"]["templates"] or benchmark.templates
+    return class_text_features(backbone, benchmark.class_names, templates, cache_dir=cache.root)
+
+
+def null_image_embedding(backbone, benchmark) -> Optional[torch.Tensor]:
+    """The embedding that stands for "no image" when a modality subset removes it: a
+    mid-grey image through the frozen encoder (data-independent, no class prior), or the
+    synthetic stream's content-free gap direction."""
+    if getattr(benchmark, "null_image", None) is not None:
+        return benchmark.null_image
+    if backbone is None:
+        return None
+    from PIL import Image
+
+    grey = Image.new("RGB", (224, 224), (128, 128, 128))
+    with torch.no_grad():
+        return backbone.encode_images(backbone.preprocess_test(grey)[None])[0].float()
+
+
+def check_novelty_dataset(config) -> None:
+    """Fail before any extraction if ``eval.novelty_dataset`` cannot pair with the stream."""
+    import scenarios
+
+    name = config["eval"]["novelty_dataset"]
+    if name is None:
+        return
+    novel_is_synthetic = scenarios.canonical_name(name) == "synthetic"
+    if novel_is_synthetic != (config["dataset"]["name"] == "synthetic"):
+        raise UserError(f"eval.novelty_dataset = {name!r} cannot be compared with "
+                        f"dataset.name = {config['dataset']['name']!r}: synthetic features only "
+                        f"pair with synthetic features, images only with images")
+
+
+def load_external_ood(config, backbone, cache: FeatureCache, progress: bool):
+    """The test split of ``eval.novelty_dataset`` at feature level, or None."""
+    name = config["eval"]["novelty_dataset"]
+    if name is None:
+        return None
+    import scenarios
+
+    external = scenarios.class_incremental(
+        name, n_experiences=1, root=config["eval"]["novelty_root"], level="features",
+        backbone=backbone, cache=cache, progress=progress,
+        batch_size=config["cache"]["batch_size"], num_workers=config["cache"]["num_workers"])
+    return external.test_stream[0].dataset.eval()
