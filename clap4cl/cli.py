@@ -123,19 +123,21 @@ def _extract(args) -> int:
     """Fill the cache; under torchrun the ranks share the image encoding, rank 0 reports."""
     from clap4cl import distributed
     from clap4cl.paths import default_cache_dir
-    from clap4cl.runner.experiment import (build_benchmark, load_backbone, run_seed,
-                                           stream_text_features)
     from clap4cl.features.cache import FeatureCache
+    from clap4cl.runner.experiment import run_seed
+    from clap4cl.runner.inputs import build_benchmark, load_backbone, stream_text_features
+    from clap4cl.runner.threads import phase_threads
 
     config = _load(args)
     distributed.init_from_env(run_seed(config), config["backbone"]["device"])
     main = distributed.is_main()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
-    backbone = load_backbone(config)
-    benchmark = build_benchmark(config, backbone, cache,
-                                progress=config["logging"]["progress"] and main)
-    if main:  # a few prompts: not worth sharding, and one writer of the text cache
-        stream_text_features(config, benchmark, backbone, cache)
+    with phase_threads("extract", config["threads"]):
+        backbone = load_backbone(config)
+        benchmark = build_benchmark(config, backbone, cache,
+                                    progress=config["logging"]["progress"] and main)
+        if main:  # a few prompts: not worth sharding, and one writer of the text cache
+            stream_text_features(config, benchmark, backbone, cache)
     distributed.barrier()
     if main:
         print(f"features of {config['dataset']['name']} are cached in {cache.root}")

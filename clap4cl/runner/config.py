@@ -14,8 +14,12 @@ from typing import Any, Dict, Iterable, Optional
 import yaml
 
 from clap4cl.errors import ConfigError
+from clap4cl.runner.threads import validate_setting
 
 # Types of keys whose default is null.
+# Keys with their own check (not the default's type): "auto" or a positive integer.
+OWN_CHECK = ("threads",)
+
 NULLABLE = {
     "seed": (int,),
     "backbone.pretrained": (str,),
@@ -141,6 +145,9 @@ def _unknown_key_message(full: str, node: Dict[str, Any], prefix: str) -> str:
 def validate(config: Dict[str, Any]) -> None:
     """Check types, choices and ranges of every key against the defaults."""
     _check_types(config, defaults(), "")
+    bad_threads = validate_setting(config["threads"])
+    if bad_threads:
+        raise ConfigError(bad_threads)
     for key, options in CHOICES.items():
         value = get(config, key)
         if value not in options:
@@ -179,7 +186,7 @@ def _check_types(config, reference, prefix) -> None:
                                   f"got {type(value).__name__} {value!r}")
             _check_types(value, default, f"{full}.")
             continue
-        if value is None and default is None:
+        if (value is None and default is None) or full in OWN_CHECK:
             continue
         allowed = NULLABLE.get(full) if default is None else (type(default),)
         if allowed is None:

@@ -23,6 +23,7 @@ from clap4cl.runner.inputs import (SYNTHETIC_LOGIT_SCALE, build_benchmark, check
                                    stream_text_features)
 from clap4cl.runner.logs import log_step_scalars, make_evaluator, tensorboard_logger, write_plots
 from clap4cl.runner.results import Timer, plugin_name, summarise
+from clap4cl.runner.threads import phase_threads, run_heads_are_heavy, single_interop_thread
 from clap4cl.runner.rundir import (prepare_run_dir, release_freed_memory, resume,
                                    save_run_checkpoint, write_json_atomic)
 
@@ -51,10 +52,14 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     timer = Timer()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
     check_novelty_dataset(config)
-    with timer.phase("extract"):
+    threads = config["threads"]
+    if threads == "auto":
+        single_interop_thread()
+    with timer.phase("extract"), phase_threads("extract", threads):
         backbone = load_backbone(config)
         benchmark = build_benchmark(config, backbone, cache, progress)
         text = stream_text_features(config, benchmark, backbone, cache)
+    heavy = run_heads_are_heavy(config, len(benchmark.class_names), text)
     logit_scale = backbone.logit_scale if backbone is not None else SYNTHETIC_LOGIT_SCALE
     # Seeded after extraction, so results do not depend on whether the cache was warm.
     RNGManager.set_random_seeds(seed)
@@ -64,19 +69,20 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     null_image = null_image_embedding(backbone, benchmark)
     if null_image is not None and hasattr(strategy.model, "set_null_image"):
         strategy.model.set_null_image(null_image)
-    external_ood = load_external_ood(config, backbone, cache, progress)
+    with phase_threads("extract", threads):
+        external_ood = load_external_ood(config, backbone, cache, progress)
     strategy, start = resume(strategy, output, timer)
     state = strategy.run_state
     collector = next(p for p in strategy.plugins if isinstance(p, LogitsCollector))
     tensorboard = tensorboard_logger(strategy)
     results = state["results"]
     for step in range(start, len(benchmark.train_stream)):
-        with timer.phase("train"):
+        with timer.phase("train"), phase_threads("train", threads, heavy=heavy):
             strategy.train(benchmark.train_stream[step])
         release_freed_memory()
         if not main:
             continue
-        with timer.phase("eval"):
+        with timer.phase("eval"), phase_threads("eval", threads, heavy=heavy):
             evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed,
                                       external_ood)
         release_freed_memory()

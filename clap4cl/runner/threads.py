@@ -1,0 +1,126 @@
+"""How many CPU threads each phase of a run uses (the ``threads`` config key).
+
+PyTorch's default, one intra-op thread per core, is right for large encoder passes and
+wrong for the small matrix products of training heads on cached features: there, OpenMP
+threads spin-wait between tiny operations, and on a machine with other work running one
+run can become several times slower (measured in docs/benchmarks.md, "Threads under load").
+
+The rule (``threads: auto``):
+
+- a user who chose already wins: if ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set, or
+  ``torch.set_num_threads`` was called before the run, nothing is changed;
+- extraction (the frozen image encoder over raw images) uses every core torch would use;
+- training and evaluation on cached features use one thread, or two when a step's head
+  work is large (``heavy_heads``) and the machine is not busy (load below the core count);
+- inter-op parallelism is one thread (nothing in a run has independent operators to overlap).
+
+``threads: <n>`` uses ``n`` threads in every phase.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Optional, Union
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+PHASES = ("extract", "train", "eval")
+# Per-step multiply-accumulates (batch x classes x width^2) above which a second thread pays off.
+HEAVY_HEAD_MACS = 2e9
+
+_torch_default: Optional[int] = None
+
+
+def record_torch_default() -> None:
+    """Remember torch's thread count at start-up, to tell later whether the user changed it."""
+    global _torch_default
+    import torch
+
+    if _torch_default is None:
+        _torch_default = torch.get_num_threads()
+
+
+def user_chose_threads() -> bool:
+    """True when the environment or an earlier ``torch.set_num_threads`` fixed the count."""
+    import torch
+
+    if any(os.environ.get(name) for name in THREAD_ENV):
+        return True
+    return _torch_default is not None and torch.get_num_threads() != _torch_default
+
+
+def heavy_heads(batch_size: int, n_classes: int, width: int) -> bool:
+    """Whether one training step's head work is large enough for a second thread."""
+    return batch_size * n_classes * width * width >= HEAVY_HEAD_MACS
+
+
+def run_heads_are_heavy(config, n_classes: int, text_features) -> bool:
+    """``heavy_heads`` for a run: its method's batch size, the stream's classes, the text width."""
+    section = config.get(config["method"].replace("clap_deterministic", "clap"), {})
+    batch = section.get("batch_size", 0) if isinstance(section, dict) else 0
+    width = text_features.mean.shape[-1] if text_features is not None else 0
+    return heavy_heads(batch, n_classes, width)
+
+
+def threads_for(phase: str, setting: Union[str, int], *, heavy: bool = False,
+                cores: Optional[int] = None, load: Optional[float] = None) -> Optional[int]:
+    """Thread count for ``phase`` under ``setting`` (``"auto"`` or a positive int); None = leave as is."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if setting != "auto":
+        return int(setting)
+    if user_chose_threads():
+        return None
+    cores = cores if cores is not None else _torch_default_or_cores()
+    if phase == "extract":
+        return cores
+    load = load if load is not None else _load_average()
+    return 2 if heavy and cores >= 2 and load < cores else 1
+
+
+@contextlib.contextmanager
+def phase_threads(phase: str, setting: Union[str, int], *, heavy: bool = False) -> Iterator[None]:
+    """Run the block with the thread count of ``phase``, then restore the previous count."""
+    import torch
+
+    record_torch_default()
+    wanted = threads_for(phase, setting, heavy=heavy)
+    before = torch.get_num_threads()
+    if wanted is not None and wanted != before:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def single_interop_thread() -> None:
+    """One inter-op thread, unless the user set it or torch already started its pool."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # the pool exists already (torch allows this call once, early)
+        pass
+
+
+def validate_setting(value) -> Optional[str]:
+    """An error message for a bad ``threads`` value, or None."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return None
+    return f"threads = {value!r} is not valid: use auto or a positive integer"
+
+
+def _torch_default_or_cores() -> int:
+    if _torch_default is not None:
+        return _torch_default
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
