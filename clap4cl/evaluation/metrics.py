@@ -182,6 +182,31 @@ def task_aware_accuracy(logits: np.ndarray, targets: np.ndarray, classes: Sequen
     return float(task_aware_hits(logits, targets, classes).mean())
 
 
+def step_metrics(per_experience: Sequence, classes_per_experience: Sequence[Sequence[int]],
+                 batch_size: int = 32) -> dict:
+    """The numbers of one evaluation step, computed once from the logits of every seen
+    experience: ``per_experience[k] = (sample logits (N, M, C), targets)``.
+
+    Predictions use the mean over the M samples. Returns ``row`` (accuracy per seen
+    experience), ``step_accuracy`` (over all seen samples), ``ece`` and ``calibration``
+    (:func:`calibration_metrics`) of the seen samples, and ``task_aware_accuracy`` (each
+    sample's prediction restricted to its experience's classes, ``classes_per_experience[k]``).
+    """
+    mean_logits = [np.asarray(l).mean(1) for l, _ in per_experience]
+    targets = [np.asarray(y) for _, y in per_experience]
+    seen_logits, seen_y = np.concatenate(mean_logits), np.concatenate(targets)
+    calibration = calibration_metrics(seen_logits, seen_y, batch_size)
+    task_aware = np.concatenate([task_aware_hits(l, y, classes_per_experience[k])
+                                 for k, (l, y) in enumerate(zip(mean_logits, targets))])
+    return {
+        "row": [float((l.argmax(1) == y).mean()) for l, y in zip(mean_logits, targets)],
+        "step_accuracy": float((seen_logits.argmax(1) == seen_y).mean()),
+        "ece": calibration["ece"],
+        "calibration": calibration,
+        "task_aware_accuracy": float(task_aware.mean()),
+    }
+
+
 def calibration_metrics(logits: np.ndarray, targets: np.ndarray, batch_size: int = 32) -> dict:
     """Dataset-level ECE, the reference's batch-mean ECE, NLL, Brier, AURC and E-AURC."""
     return {
