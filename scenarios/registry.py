@@ -35,9 +35,6 @@ FEATURE_DATASETS: Dict[str, Callable[..., SyntheticFeatures]] = {
     "two_modality": load_two_modality,
 }
 
-# Feature datasets without class text (not for CLIP-based methods).
-MULTIMODAL_DATASETS = frozenset({"two_modality"})
-
 # Datasets that read no files (``root`` is ignored).
 NO_DATA_FILES = frozenset({"digits", "synthetic", "two_modality"})
 
