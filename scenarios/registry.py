@@ -15,7 +15,9 @@ from scenarios.base import DatasetSplits
 from scenarios.datasets.cifar import load_cifar10, load_cifar100
 from scenarios.datasets.digits import load_digits
 from scenarios.datasets.fashion_mnist import load_fashion_mnist
-from scenarios.datasets.folders import load_cub200, load_image_folder, load_imagenet100, load_imagenet_r
+from scenarios.datasets.cub import load_cub200
+from scenarios.datasets.folders import load_image_folder, load_imagenet100
+from scenarios.datasets.imagenet_r import load_imagenet_r
 from scenarios.datasets.synthetic import SyntheticFeatures, load_synthetic
 from scenarios.datasets.two_modality import load_two_modality
 
