@@ -16,11 +16,12 @@ from scenarios.class_order import classes_per_experience, default_class_order, v
 from scenarios.registry import (DATASETS, FEATURE_DATASETS, available_datasets, canonical_name,
                        get_dataset_splits, get_feature_dataset)
 from scenarios.datasets.synthetic import SyntheticFeatures, make_synthetic
+from scenarios.info import StreamInfo
 
 LEVELS = ("image", "features")
 
 __all__ = ["ArrayImageDataset", "DATASETS", "DatasetSplits", "FEATURE_DATASETS",
-           "FileImageDataset", "ImageDataset", "LEVELS", "SyntheticFeatures",
+           "FileImageDataset", "ImageDataset", "LEVELS", "StreamInfo", "SyntheticFeatures",
            "available_datasets", "class_incremental", "classes_per_experience",
            "default_class_order", "get_dataset_splits", "get_feature_dataset", "make_synthetic",
            "resolve_class_order", "validate_class_order"]
@@ -66,10 +67,11 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
             CIFAR, ``n_classes=20`` for synthetic).
 
     Returns:
-        An Avalanche ``NCScenario`` with the extra attributes ``dataset_name``,
-        ``class_order`` (original ids), ``class_names`` (label order), ``templates``,
-        ``text_features`` (label order for ``synthetic``, else None),
-        ``classes_per_experience`` (lists of labels), ``level`` and ``fingerprint``.
+        An Avalanche ``NCScenario`` whose ``info`` attribute is a :class:`StreamInfo`
+        (dataset name, class order, class names, templates, classes per experience, level,
+        fingerprint, and the stream's own text features, modality widths or null image).
+        The same fields are also readable as attributes of the benchmark itself
+        (``benchmark.class_names``, ...), as lists, for scripts written before ``info``.
     """
     key = canonical_name(name)
     if key == "two_modality":
@@ -145,9 +147,8 @@ def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_exper
                           source=(synthetic_views, {"split": "test", **dataset_kwargs}))
     benchmark = _nc_benchmark(train, test, order, sizes, features=True)
     text = data.text_features.select(order)
-    benchmark.null_image = torch.from_numpy(data.null_image)
     return _annotate(benchmark, key, order, sizes, list(text.class_names), (), text,
-                     "features", data.fingerprint)
+                     "features", data.fingerprint, null_image=torch.from_numpy(data.null_image))
 
 
 def _two_modality_benchmark(n_experiences, run, root, class_order, first_experience_classes,
@@ -164,9 +165,9 @@ def _two_modality_benchmark(n_experiences, run, root, class_order, first_experie
     test = FeatureDataset([data.test_features], data.test_targets.tolist(),
                           source=(two_modality_views, {"split": "test", **dataset_kwargs}))
     benchmark = _nc_benchmark(train, test, order, sizes, features=True)
-    benchmark.input_dims = dict(data.input_dims)
     return _annotate(benchmark, "two_modality", order, sizes,
-                     [data.class_names[c] for c in order], (), None, "features", data.fingerprint)
+                     [data.class_names[c] for c in order], (), None, "features", data.fingerprint,
+                     input_dims=dict(data.input_dims))
 
 
 def _nc_benchmark(train, test, order: List[int], sizes: List[int], features: bool = False):
@@ -182,14 +183,27 @@ def _nc_benchmark(train, test, order: List[int], sizes: List[int], features: boo
 
 
 def _annotate(benchmark, name, order, sizes, class_names, templates, text_features, level,
-              fingerprint):
+              fingerprint, input_dims=None, null_image=None):
+    """Attach the stream's :class:`StreamInfo` as ``benchmark.info`` (and its fields as
+    plain attributes, for scripts that read ``benchmark.class_names``)."""
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
-    benchmark.dataset_name = name
-    benchmark.class_order = list(order)
-    benchmark.class_names = list(class_names)
-    benchmark.templates = tuple(templates)
-    benchmark.text_features = text_features
-    benchmark.classes_per_experience = [list(range(s, s + n)) for s, n in zip(starts, sizes)]
-    benchmark.level = level
-    benchmark.fingerprint = fingerprint
+    info = StreamInfo(
+        dataset_name=name, class_order=tuple(int(c) for c in order),
+        class_names=tuple(class_names), templates=tuple(templates),
+        classes_per_experience=tuple(tuple(range(s, s + n)) for s, n in zip(starts, sizes)),
+        level=level, fingerprint=fingerprint, text_features=text_features,
+        input_dims=input_dims, null_image=null_image)
+    benchmark.info = info
+    benchmark.dataset_name = info.dataset_name
+    benchmark.class_order = list(info.class_order)
+    benchmark.class_names = list(info.class_names)
+    benchmark.templates = info.templates
+    benchmark.text_features = info.text_features
+    benchmark.classes_per_experience = [list(c) for c in info.classes_per_experience]
+    benchmark.level = info.level
+    benchmark.fingerprint = info.fingerprint
+    if input_dims is not None:
+        benchmark.input_dims = dict(input_dims)
+    if null_image is not None:
+        benchmark.null_image = null_image
     return benchmark

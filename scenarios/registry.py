@@ -15,7 +15,9 @@ from scenarios.base import DatasetSplits
 from scenarios.datasets.cifar import load_cifar10, load_cifar100
 from scenarios.datasets.digits import load_digits
 from scenarios.datasets.fashion_mnist import load_fashion_mnist
-from scenarios.datasets.folders import load_cub200, load_image_folder, load_imagenet100, load_imagenet_r
+from scenarios.datasets.cub import load_cub200
+from scenarios.datasets.folders import load_image_folder, load_imagenet100
+from scenarios.datasets.imagenet_r import load_imagenet_r
 from scenarios.datasets.synthetic import SyntheticFeatures, load_synthetic
 from scenarios.datasets.two_modality import load_two_modality
 
@@ -34,9 +36,6 @@ FEATURE_DATASETS: Dict[str, Callable[..., SyntheticFeatures]] = {
     "synthetic": load_synthetic,
     "two_modality": load_two_modality,
 }
-
-# Feature datasets without class text (not for CLIP-based methods).
-MULTIMODAL_DATASETS = frozenset({"two_modality"})
 
 # Datasets that read no files (``root`` is ignored).
 NO_DATA_FILES = frozenset({"digits", "synthetic", "two_modality"})

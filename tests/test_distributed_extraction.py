@@ -19,6 +19,7 @@ import torch
 
 import sharded_extract_helper as helper  # pytest puts tests/ on sys.path
 from clap4cl.distributed import shard_range
+from clap4cl.features import sharding
 from clap4cl.features.cache import TRAIN_VIEWS, FeatureCache, Shard
 
 HELPER = Path(helper.__file__)
@@ -134,11 +135,11 @@ def test_a_shard_recorded_for_other_rows_is_not_reused(tmp_path, tiny_backbone):
     old, new = Shard.of(len(data), 8, 0, 2), Shard.of(len(data), 4, 0, 2)
     assert cache.data_path(keys["original"], old) == cache.data_path(keys["original"], new)
     assert old.rows != new.rows
-    cache._extract_shard(tiny_backbone, data, keys, old, 8, 0, False, "toy")
+    sharding.extract_shard(cache, tiny_backbone, data, keys, old, 8, 0, False, "toy")
     assert cache.extracted_images == old.rows
 
     with pytest.warns(RuntimeWarning, match="belongs to another key"):
-        cache._extract_shard(tiny_backbone, data, keys, new, 4, 0, False, "toy")
+        sharding.extract_shard(cache, tiny_backbone, data, keys, new, 4, 0, False, "toy")
     assert cache.extracted_images == old.rows + new.rows
     part = cache.load(keys["original"], new.rows, new)
     batches = [data.x[i:i + 4] for i in range(new.start, new.stop, 4)]

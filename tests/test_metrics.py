@@ -8,12 +8,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torchmetrics.classification import MulticlassCalibrationError
 
 from clap4cl.evaluation.metrics import (average_incremental_accuracy, backward_transfer,
-                             expected_calibration_error, forgetting, novelty_metrics, softmax)
+                                        calibration_bins, expected_calibration_error, forgetting,
+                                        novelty_metrics, softmax)
 
 
-def torchmetrics_ece(logits, targets, n_bins=15):
+def torchmetrics_ece(logits, targets, n_bins=15, norm="l1"):
     logits = torch.as_tensor(np.asarray(logits))
-    metric = MulticlassCalibrationError(num_classes=logits.shape[1], n_bins=n_bins, norm="l1")
+    metric = MulticlassCalibrationError(num_classes=logits.shape[1], n_bins=n_bins, norm=norm)
     return metric(logits, torch.as_tensor(np.asarray(targets))).item()
 
 
@@ -80,6 +81,31 @@ def test_ece_bin_edges_follow_torchmetrics():
     expected = (2 / 3) * abs(0.5 - 0.55) + (1 / 3) * abs(1 - 0.4)
     assert expected_calibration_error(logits, targets, n_bins=4) == pytest.approx(expected, abs=1e-6)
     assert torchmetrics_ece(logits, targets, n_bins=4) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("n_bins", [4, 15])
+def test_calibration_bins_are_torchmetrics_bins(n_bins):
+    # Saturated rows (confidence exactly 1.0) and confidences on bin edges: the per-bin gaps
+    # give torchmetrics' l1 (ECE), max (MCE) and l2 (RMSCE) errors, so every bin matches.
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(500, 5)) * 4
+    logits[:120, 0] = 300.0
+    logits[120:160] = [0.0, 0.0, -1e4, -1e4, -1e4]                    # confidence 0.5
+    targets = np.where(rng.random(500) < 0.6, logits.argmax(1), rng.integers(0, 5, 500))
+    bins = calibration_bins(logits, targets, n_bins)
+    assert len(bins.counts) == n_bins + 1 and bins.counts[n_bins] >= 120
+    assert bins.counts.sum() == 500 and bins.counts[n_bins // 2] >= 40
+    gaps, share = np.abs(bins.accuracy - bins.confidence), bins.counts / 500
+    assert bins.ece == expected_calibration_error(logits, targets, n_bins)
+    assert bins.ece == pytest.approx(torchmetrics_ece(logits, targets, n_bins), abs=1e-6)
+    assert gaps.max() == pytest.approx(torchmetrics_ece(logits, targets, n_bins, "max"), abs=1e-6)
+    assert np.sqrt((share * gaps ** 2).sum()) == pytest.approx(
+        torchmetrics_ece(logits, targets, n_bins, "l2"), abs=1e-6)
+
+
+def test_calibration_bins_of_no_samples_have_zero_ece():
+    bins = calibration_bins(np.zeros((0, 3)), np.zeros(0, dtype=int), 5)
+    assert bins.counts.tolist() == [0] * 6 and bins.ece == 0.0
 
 
 def test_ece_of_perfectly_calibrated_and_confidently_wrong_predictions():

@@ -100,9 +100,10 @@ def test_tensorboard_gets_every_score_per_step_and_the_figures(tmp_path):
 
 
 def test_reliability_bins_hand_computed():
-    # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct) with 10 bins
+    # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct) with 10 bins (+ the 1.0 slot)
     logits = np.log(np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]]))
-    centres, accuracy, confidence, counts = plots.reliability_bins(logits, np.array([0, 1, 0]), n_bins=10)
-    assert counts.tolist() == [0, 0, 0, 0, 0, 0, 1, 0, 0, 2]
-    assert accuracy[9] == pytest.approx(0.5) and confidence[9] == pytest.approx(0.9)
-    assert accuracy[6] == 1.0 and confidence[6] == pytest.approx(0.6)
+    bins = metrics.calibration_bins(logits, np.array([0, 1, 0]), n_bins=10)
+    assert bins.counts.tolist() == [0, 0, 0, 0, 0, 0, 1, 0, 0, 2, 0]
+    assert bins.accuracy[9] == pytest.approx(0.5) and bins.confidence[9] == pytest.approx(0.9)
+    assert bins.accuracy[6] == 1.0 and bins.confidence[6] == pytest.approx(0.6)
+    assert bins.ece == pytest.approx((2 / 3) * 0.4 + (1 / 3) * 0.4)

@@ -1,4 +1,6 @@
 """scenarios.class_incremental: Avalanche benchmarks at image and feature level."""
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -17,7 +19,8 @@ def digits_benchmark():
 def test_digits_experiences_hold_consecutive_labels(digits_benchmark):
     bench = digits_benchmark
     assert len(bench.train_stream) == len(bench.test_stream) == 5
-    assert bench.classes_per_experience == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert bench.info.classes_per_experience == ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
+    assert bench.info.n_experiences == 5 and bench.info.n_classes == 10
     for k, (train_exp, test_exp) in enumerate(zip(bench.train_stream, bench.test_stream)):
         assert sorted(train_exp.classes_in_this_experience) == [2 * k, 2 * k + 1]
         assert sorted({int(t) for t in test_exp.dataset.targets}) == [2 * k, 2 * k + 1]
@@ -25,22 +28,35 @@ def test_digits_experiences_hold_consecutive_labels(digits_benchmark):
 
 
 def test_label_i_is_original_class_order_i(digits_benchmark):
-    bench = digits_benchmark
-    assert bench.class_order == scenarios.default_class_order(10, 0)
-    assert bench.class_names == [DIGIT_NAMES[c] for c in bench.class_order]
+    info = digits_benchmark.info
+    assert list(info.class_order) == scenarios.default_class_order(10, 0)
+    assert info.class_names == tuple(DIGIT_NAMES[c] for c in info.class_order)
     splits = scenarios.get_dataset_splits("digits")
-    image, label = bench.train_stream[0].dataset[0][:2]
-    original = bench.class_order[label]
+    image, label = digits_benchmark.train_stream[0].dataset[0][:2]
+    original = info.class_order[label]
     assert original in set(splits.train.targets)
-    assert bench.dataset_name == "digits" and bench.text_features is None
-    assert bench.templates == splits.templates and bench.level == "image"
+    assert info.dataset_name == "digits" and info.text_features is None
+    assert info.templates == splits.templates and info.level == "image"
+    assert info.input_dims is None and info.null_image is None
+
+
+def test_info_is_one_frozen_object_and_the_old_attributes_still_read(digits_benchmark):
+    bench = digits_benchmark
+    assert isinstance(bench.info, scenarios.StreamInfo)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bench.info.level = "features"
+    assert bench.class_order == list(bench.info.class_order)
+    assert bench.class_names == list(bench.info.class_names)
+    assert bench.classes_per_experience == [list(c) for c in bench.info.classes_per_experience]
+    assert (bench.dataset_name, bench.templates, bench.level, bench.fingerprint) == (
+        "digits", bench.info.templates, "image", bench.info.fingerprint)
 
 
 def test_explicit_order_and_larger_first_experience():
     bench = scenarios.class_incremental("digits", n_experiences=3, class_order=list(range(10)),
                                         first_experience_classes=4)
-    assert bench.classes_per_experience == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    assert bench.class_names[:2] == ["zero", "one"]
+    assert bench.info.classes_per_experience == ((0, 1, 2, 3), (4, 5, 6), (7, 8, 9))
+    assert bench.info.class_names[:2] == ("zero", "one")
     assert [len(e.classes_in_this_experience) for e in bench.train_stream] == [4, 3, 3]
 
 
@@ -67,20 +83,29 @@ def test_feature_level_from_an_image_folder(tmp_path, tiny_backbone):
     x, y = bench.train_stream[1].dataset[0][:2]
     assert x.shape == (tiny_backbone.embed_dim,) and x.dtype == torch.float32
     assert y in (2, 3)
-    assert bench.level == "features" and bench.fingerprint.startswith("image_folder-")
+    assert bench.info.level == "features" and bench.info.fingerprint.startswith("image_folder-")
 
 
 def test_synthetic_stream_has_text_features_in_label_order():
     bench = scenarios.class_incremental("synthetic", n_experiences=5, run=1, n_classes=10,
                                         train_per_class=10, test_per_class=5)
     data = scenarios.make_synthetic(n_classes=10, train_per_class=10, test_per_class=5)
-    order = bench.class_order
+    info = bench.info
+    order = list(info.class_order)
     assert order == scenarios.default_class_order(10, 1)
-    assert torch.equal(bench.text_features.normalized, data.text_features.normalized[order])
-    assert bench.class_names == [f"class {c}" for c in order]
+    assert torch.equal(info.text_features.normalized, data.text_features.normalized[order])
+    assert info.class_names == tuple(f"class {c}" for c in order)
     x, y = bench.test_stream[0].dataset[0][:2]
     assert x.shape == (64,) and y in (0, 1)
-    assert bench.level == "features"
+    assert info.level == "features" and info.input_dims is None
+    assert torch.equal(info.null_image, torch.from_numpy(data.null_image))
+
+
+def test_two_modality_info_holds_the_modality_widths_and_no_text():
+    bench = scenarios.class_incremental("two_modality", n_experiences=2)
+    assert bench.info.text_features is None and bench.info.null_image is None
+    assert bench.info.input_dims == bench.input_dims
+    assert bench.info.input_dims == {"a": 8, "b": 8} and bench.info.n_classes == 4
 
 
 def test_synthetic_train_items_draw_one_of_two_views():

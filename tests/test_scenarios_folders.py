@@ -4,9 +4,10 @@ import pytest
 from PIL import Image
 
 from clap4cl.errors import DataNotFoundError, UserError
-from scenarios.datasets.folders import (CUB_TEMPLATES, GENERIC_TEMPLATES, cub_class_name,
-                               imagenet_templates, imagenet_wnid_to_name, load_cub200,
-                               load_image_folder, load_imagenet100, load_imagenet_r)
+from scenarios.datasets.cub import CUB_TEMPLATES, cub_class_name, load_cub200
+from scenarios.datasets.folders import (GENERIC_TEMPLATES, imagenet_templates,
+                                        imagenet_wnid_to_name, load_image_folder, load_imagenet100)
+from scenarios.datasets.imagenet_r import load_imagenet_r
 
 
 def write_png(path, value, size=(6, 5)):

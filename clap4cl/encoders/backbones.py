@@ -135,7 +135,7 @@ def load_clip(arch: str, pretrained: Optional[str] = None, *, precision: str = "
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _create_model(arch, source, precision, device, cache_dir)
-    _, _, preprocess_test = _transforms_for(model)
+    preprocess_test = _test_transform(model)
     return FrozenCLIP(model, arch=arch, pretrained=pretrained, weights_id=weights_id,
                       precision=precision, preprocess_test=preprocess_test)
 
@@ -185,12 +185,12 @@ def _create_model(arch, source, precision, device, cache_dir):
         logging.getLogger().setLevel(previous)
 
 
-def _transforms_for(model):
+def _test_transform(model):
+    """open_clip's evaluation preprocessing of ``model`` (resize, centre crop, normalise)."""
     cfg = open_clip.get_model_preprocess_cfg(model)
-    test = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"],
+    return open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"],
                                      interpolation=cfg["interpolation"],
                                      resize_mode=cfg["resize_mode"])
-    return cfg, None, test
 
 
 def _with_horizontal_flip(test: T.Compose) -> T.Compose:

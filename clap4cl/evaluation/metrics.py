@@ -5,6 +5,7 @@ test data after training experience t (None where k > t).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -20,13 +21,43 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def expected_calibration_error(logits: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """Dataset-level top-label ECE with equal-width bins, as torchmetrics'
-    ``MulticlassCalibrationError(norm="l1")`` computes it.
+@dataclass(frozen=True)
+class CalibrationBins:
+    """Equal-width top-label confidence bins, as torchmetrics' ``MulticlassCalibrationError``
+    forms them: slot i < n holds confidences in [i/n, (i+1)/n); slot n holds the
+    confidences of exactly 1.0 (saturated logits), a bin of its own.
 
-    ECE = Σ_b (n_b / N) · |accuracy_b − mean confidence_b|. Like torchmetrics, the
-    softmax runs in the logits' dtype, confidences are rounded to float32, bins are
-    [i/n, (i+1)/n) and a confidence of exactly 1.0 (saturated logits) has a bin of its own.
+    Attributes:
+        edges: the n + 1 bin edges 0, 1/n, ..., 1.
+        counts: samples per slot, shape (n + 1,).
+        accuracy, confidence: per slot, the fraction of correct predictions and the
+            mean confidence (0 in empty slots).
+    """
+
+    edges: np.ndarray
+    counts: np.ndarray
+    accuracy: np.ndarray
+    confidence: np.ndarray
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.edges) - 1
+
+    @property
+    def ece(self) -> float:
+        """Σ_b (n_b / N) · |accuracy_b − mean confidence_b| (0 for no samples)."""
+        total = self.counts.sum()
+        if total == 0:
+            return 0.0
+        return float(np.sum(self.counts / total * np.abs(self.accuracy - self.confidence)))
+
+
+def calibration_bins(logits: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> CalibrationBins:
+    """The confidence bins of ``logits`` (N, C): the one binning of the toolkit, behind
+    both the reported ECE and the reliability diagram.
+
+    Like torchmetrics, the softmax runs in the logits' dtype (integers as float64) and
+    confidences are rounded to float32 before binning.
     """
     x = torch.as_tensor(np.asarray(logits))
     if not x.is_floating_point():
@@ -35,13 +66,22 @@ def expected_calibration_error(logits: np.ndarray, targets: np.ndarray, n_bins: 
     confidence = confidence.float()
     correct = prediction.eq(torch.as_tensor(np.asarray(targets))).numpy().astype(np.float64)
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
-    bins = (torch.bucketize(confidence, edges, right=True) - 1).numpy()
+    index = (torch.bucketize(confidence, edges, right=True) - 1).numpy()
     confidence = confidence.numpy().astype(np.float64)
-    total = 0.0
-    for b in np.unique(bins):
-        in_bin = bins == b
-        total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(total)
+    counts = np.bincount(index, minlength=n_bins + 1)
+    safe = np.maximum(counts, 1)
+    return CalibrationBins(edges=edges.numpy().astype(np.float64), counts=counts,
+                           accuracy=np.bincount(index, correct, minlength=n_bins + 1) / safe,
+                           confidence=np.bincount(index, confidence, minlength=n_bins + 1) / safe)
+
+
+def expected_calibration_error(logits: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Dataset-level top-label ECE of :func:`calibration_bins`, equal to torchmetrics'
+    ``MulticlassCalibrationError(norm="l1")``.
+
+    ECE = Σ_b (n_b / N) · |accuracy_b − mean confidence_b|.
+    """
+    return calibration_bins(logits, targets, n_bins).ece
 
 
 def average_incremental_accuracy(step_accuracy: Sequence[float]) -> float:
@@ -140,6 +180,31 @@ def task_aware_hits(logits: np.ndarray, targets: np.ndarray, classes: Sequence[i
 def task_aware_accuracy(logits: np.ndarray, targets: np.ndarray, classes: Sequence[int]) -> float:
     """Accuracy with the prediction restricted to ``classes`` (the task is known)."""
     return float(task_aware_hits(logits, targets, classes).mean())
+
+
+def step_metrics(per_experience: Sequence, classes_per_experience: Sequence[Sequence[int]],
+                 batch_size: int = 32) -> dict:
+    """The numbers of one evaluation step, computed once from the logits of every seen
+    experience: ``per_experience[k] = (sample logits (N, M, C), targets)``.
+
+    Predictions use the mean over the M samples. Returns ``row`` (accuracy per seen
+    experience), ``step_accuracy`` (over all seen samples), ``ece`` and ``calibration``
+    (:func:`calibration_metrics`) of the seen samples, and ``task_aware_accuracy`` (each
+    sample's prediction restricted to its experience's classes, ``classes_per_experience[k]``).
+    """
+    mean_logits = [np.asarray(l).mean(1) for l, _ in per_experience]
+    targets = [np.asarray(y) for _, y in per_experience]
+    seen_logits, seen_y = np.concatenate(mean_logits), np.concatenate(targets)
+    calibration = calibration_metrics(seen_logits, seen_y, batch_size)
+    task_aware = np.concatenate([task_aware_hits(l, y, classes_per_experience[k])
+                                 for k, (l, y) in enumerate(zip(mean_logits, targets))])
+    return {
+        "row": [float((l.argmax(1) == y).mean()) for l, y in zip(mean_logits, targets)],
+        "step_accuracy": float((seen_logits.argmax(1) == seen_y).mean()),
+        "ece": calibration["ece"],
+        "calibration": calibration,
+        "task_aware_accuracy": float(task_aware.mean()),
+    }
 
 
 def calibration_metrics(logits: np.ndarray, targets: np.ndarray, batch_size: int = 32) -> dict:

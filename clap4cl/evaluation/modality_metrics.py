@@ -111,11 +111,6 @@ class ReliabilityAccumulator:
         return out
 
 
-def violation_breakdown(result: Dict[str, float]) -> Dict[str, float]:
-    """``{removed modality: VRR}`` from an accumulator result."""
-    return {k.split("without_", 1)[1]: v for k, v in result.items() if k.startswith("VRR/without_")}
-
-
 @torch.no_grad()
 def reliability_report(model, datasets, *, batch_size: int = 256, device="cpu",
                        pairs: str = "leave_one_out", margin: float = 0.0) -> Dict[str, float]:

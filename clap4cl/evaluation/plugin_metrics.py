@@ -9,6 +9,11 @@ from successive ``strategy.eval`` calls.
     from avalanche.training.plugins import EvaluationPlugin
     from clap4cl.evaluation.plugin_metrics import calibration_plugin_metrics, continual_metrics
     evaluator = EvaluationPlugin(*calibration_plugin_metrics(), *continual_metrics(), loggers=[...])
+
+They are for training loops of your own and apply the functions of
+:mod:`clap4cl.evaluation.metrics` to ``strategy.mb_output``. ``clap4cl run`` does not use
+them: it computes each step's numbers once from its collected logits
+(``metrics.step_metrics``) and logs those values to TensorBoard.
 """
 from __future__ import annotations
 

@@ -14,12 +14,8 @@ Safety:
 - an exclusive file lock serialises extractions of the same entry across processes;
   the second process then finds the finished entry and reuses it.
 
-Under ``torchrun`` (several ranks in a ``torch.distributed`` group) every rank encodes
-its own contiguous run of whole batches (:func:`clap4cl.distributed.shard_range`) into a
-shard file next to the entry, written and recorded exactly like an entry; rank 0 then
-joins the shards into the entry. The joined file is byte-identical to a single-process
-one, a shard finished by an interrupted run is kept and the others are redone. All ranks
-must see the same cache directory (on several nodes: a shared filesystem).
+Under ``torchrun`` the ranks share the encoding of an entry through shard files
+(:mod:`clap4cl.features.sharding`); the result is byte-identical to a single-process one.
 """
 from __future__ import annotations
 
@@ -31,7 +27,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from clap4cl import distributed
-from clap4cl.errors import UserError
+from clap4cl.features.sharding import Shard, get_or_extract_sharded, record_key
 
 FORMAT_VERSION = 1
 TRAIN_VIEWS = ("original", "flip")
@@ -66,29 +62,6 @@ class CacheKey:
                 "view": self.view, "preprocessing": self.preprocessing}
 
 
-@dataclass(frozen=True)
-class Shard:
-    """Rows ``[start, stop)`` of an entry, encoded by shard ``index`` of ``count``."""
-
-    index: int
-    count: int
-    start: int
-    stop: int
-
-    @classmethod
-    def of(cls, n_items: int, batch_size: int, index: int, count: int) -> "Shard":
-        """Shard ``index`` of ``count`` of ``n_items`` in whole batches (see ``shard_range``)."""
-        return cls(index, count, *distributed.shard_range(n_items, batch_size, index, count))
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-    @property
-    def suffix(self) -> str:
-        return f".shard{self.index}of{self.count}"
-
-
 class FeatureCache:
     """A directory of cached features; see the module docstring for the guarantees.
 
@@ -104,18 +77,20 @@ class FeatureCache:
     # ---- paths -------------------------------------------------------------------
     def data_path(self, key: CacheKey, shard: Optional[Shard] = None) -> Path:
         """The ``.npy`` file of ``key`` (of one of its shards when ``shard`` is given)."""
-        return self.root / "features" / f"{self._stem(key)}{shard.suffix if shard else ''}.npy"
+        return self.root / "features" / f"{self.stem(key)}{shard.suffix if shard else ''}.npy"
 
     def meta_path(self, key: CacheKey, shard: Optional[Shard] = None) -> Path:
         """The completion record (``.json``) next to ``data_path(key, shard)``."""
         return self.data_path(key, shard).with_suffix(".json")
 
     @staticmethod
-    def _stem(key: CacheKey) -> str:
+    def stem(key: CacheKey) -> str:
+        """The file name of ``key``'s entry without suffixes (its shards add one)."""
         return f"{key.split}-{key.view}-{key.digest()}"
 
-    def _lock_path(self, keys: Sequence[CacheKey]) -> Path:
-        return self.data_path(keys[0]).with_suffix(".lock")
+    def locked(self, keys: Iterable[CacheKey]):
+        """An exclusive inter-process lock on the entries ``keys`` (the views of one split)."""
+        return _exclusive_lock(self.data_path(next(iter(keys))).with_suffix(".lock"))
 
     # ---- reading -----------------------------------------------------------------
     def load(self, key: CacheKey, expected_rows: Optional[int] = None,
@@ -140,7 +115,7 @@ class FeatureCache:
                   shard: Optional[Shard] = None) -> Optional[str]:
         try:
             meta = json.loads(self.meta_path(key, shard).read_text())
-            if meta.get("key") != _record_key(key, shard):
+            if meta.get("key") != record_key(key, shard):
                 return "its record belongs to another key"
             array = np.load(self.data_path(key, shard), mmap_mode="r")
         except (OSError, ValueError, json.JSONDecodeError) as exc:
@@ -175,110 +150,33 @@ class FeatureCache:
         keys = {v: self.key(backbone, dataset_id, split, v) for v in views}
         label = f"{dataset_id} {split}"
         if distributed.is_distributed():
-            return self._get_or_extract_sharded(backbone, dataset, keys, batch_size, num_workers,
-                                                progress and distributed.is_main(), label)
+            return get_or_extract_sharded(self, backbone, dataset, keys, batch_size, num_workers,
+                                          progress and distributed.is_main(), label)
         found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
         if all(a is not None for a in found.values()):
             return found
         self.root.joinpath("features").mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(self._lock_path(list(keys.values()))):
+        with self.locked(keys.values()):
             found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
             todo = [v for v, a in found.items() if a is None]
             if todo:
-                self._extract(backbone, dataset, {v: keys[v] for v in todo},
+                self.extract(backbone, dataset, {v: keys[v] for v in todo},
                               batch_size, num_workers, progress, label)
                 found.update({v: self.load(keys[v], len(dataset)) for v in todo})
         return found
-
-    def _get_or_extract_sharded(self, backbone, dataset, keys: Dict[str, CacheKey], batch_size,
-                                num_workers, progress, label) -> Dict[str, np.ndarray]:
-        # No lock is held across a collective: a rank holding the entry lock while another
-        # waits for it at the barrier would deadlock. Only rank 0's join takes it.
-        n = len(dataset)
-        # rank 0 alone inspects (and may discard) the entries, so all ranks agree on the work
-        todo = distributed.broadcast_object(
-            [v for v, k in keys.items() if self.load(k, n) is None] if distributed.is_main()
-            else None)
-        if todo:
-            shards = [Shard.of(n, batch_size, r, distributed.world_size())
-                      for r in range(distributed.world_size())]
-            self.root.joinpath("features").mkdir(parents=True, exist_ok=True)
-            self._extract_shard(backbone, dataset, {v: keys[v] for v in todo},
-                                shards[distributed.rank()], batch_size, num_workers, progress, label)
-            distributed.barrier()
-            problem = None
-            if distributed.is_main():
-                try:
-                    with _exclusive_lock(self._lock_path(list(keys.values()))):
-                        self._join_shards({v: keys[v] for v in todo}, n, shards)
-                except UserError as exc:
-                    problem = str(exc)
-            problem = distributed.broadcast_object(problem)  # also the barrier after the join
-            if problem:
-                raise UserError(problem)
-        found = {v: self.load(k, n) for v, k in keys.items()}
-        if any(a is None for a in found.values()):
-            raise UserError(f"rank {distributed.rank()} cannot read the feature cache entries "
-                            f"rank 0 wrote in {self.root}: {_SHARED_DIR}")
-        return found
-
-    def _extract_shard(self, backbone, dataset, keys: Dict[str, CacheKey], shard: Shard,
-                       batch_size, num_workers, progress, label) -> None:
-        """Encode ``shard``'s rows of the views whose shard file is not already complete."""
-        if shard.rows == 0:  # more ranks than batches
-            return
-        todo = {v: k for v, k in keys.items() if self.load(k, shard.rows, shard) is None}
-        if todo:
-            self._extract(backbone, dataset, todo, batch_size, num_workers, progress,
-                          f"{label} (shard {shard.index + 1} of {shard.count})", shard)
-
-    def _join_shards(self, keys: Dict[str, CacheKey], n: int, shards: List[Shard]) -> None:
-        """Concatenate the finished shards of every entry into it, then remove them.
-
-        Runs on rank 0 under the entry lock; an entry another process finished meanwhile
-        is kept as it is.
-        """
-        missing = {v: k for v, k in keys.items() if self.load(k, n) is None}
-        if missing:
-            shards = [s for s in shards if s.rows]
-            parts = {v: [self._finished_shard(k, s) for s in shards] for v, k in missing.items()}
-            dim = next(iter(parts.values()))[0].shape[1]
-            with self._new_entries(missing, n, dim) as arrays:
-                for view, array in arrays.items():
-                    for shard, part in zip(shards, parts[view]):
-                        array[shard.start:shard.stop] = part
-        for key in keys.values():
-            self._remove_shards(key)
-
-    def _finished_shard(self, key: CacheKey, shard: Shard) -> np.ndarray:
-        name = self.data_path(key, shard).name
-        if not self.meta_path(key, shard).is_file():
-            raise UserError(f"feature cache shard {name} is missing after every rank finished "
-                            f"encoding: {_SHARED_DIR}")
-        part = self.load(key, shard.rows, shard)
-        if part is None:
-            raise UserError(f"feature cache shard {name} was damaged after it was written "
-                            f"(it has been removed): run the same command again")
-        return part
-
-    def _remove_shards(self, key: CacheKey) -> None:
-        """Remove every shard file of ``key``: of any shard count, and orphaned temporaries."""
-        for path in (self.root / "features").glob(self._stem(key) + ".shard*"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
     @staticmethod
     def key(backbone, dataset_id: str, split: str, view: str) -> CacheKey:
         return CacheKey(backbone.identity, dataset_id, split, view, repr(backbone.preprocess_test))
 
-    def _extract(self, backbone, dataset, keys: Dict[str, CacheKey], batch_size,
-                 num_workers, progress, label, shard: Optional[Shard] = None) -> None:
+    def extract(self, backbone, dataset, keys: Dict[str, CacheKey], batch_size,
+                num_workers, progress, label, shard: Optional[Shard] = None) -> None:
         """Encode ``dataset`` (only ``shard``'s rows when given) into the entries ``keys``."""
         if shard is not None:
             # shards start on a batch boundary: the loader yields the single-process batches
             dataset = Subset(dataset, range(shard.start, shard.stop))
         n = len(dataset)
-        with self._new_entries(keys, n, backbone.embed_dim, shard) as arrays:
+        with self.new_entries(keys, n, backbone.embed_dim, shard) as arrays:
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                 num_workers=num_workers)
             start = 0
@@ -295,7 +193,7 @@ class FeatureCache:
             bar.close()
 
     @contextlib.contextmanager
-    def _new_entries(self, keys: Dict[str, CacheKey], n: int, dim: int,
+    def new_entries(self, keys: Dict[str, CacheKey], n: int, dim: int,
                      shard: Optional[Shard] = None):
         """Writable (n, dim) fp16 temporary memory maps, one per view of ``keys``.
 
@@ -321,23 +219,11 @@ class FeatureCache:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.data_path(key, shard))
-        record = {"key": _record_key(key, shard), "shape": list(shape), "dtype": "float16",
+        record = {"key": record_key(key, shard), "shape": list(shape), "dtype": "float16",
                   "checksum": checksum, "format": FORMAT_VERSION}
         meta_tmp = self.meta_path(key, shard).with_suffix(f".tmp{os.getpid()}")
         meta_tmp.write_text(json.dumps(record, indent=1))
         os.replace(meta_tmp, self.meta_path(key, shard))
-
-
-_SHARED_DIR = ("every rank must use the same cache directory (cache.dir; on several nodes "
-               "a directory on a filesystem all nodes share)")
-
-
-def _record_key(key: CacheKey, shard: Optional[Shard]) -> dict:
-    """What a completion record names: the key, and for a shard also which rows it holds
-    (a shard of another shard count or batch size is not mistaken for this one)."""
-    if shard is None:
-        return key.as_dict()
-    return {**key.as_dict(), "shard": [shard.index, shard.count], "rows": [shard.start, shard.stop]}
 
 
 def _checksum(array: np.ndarray) -> str:

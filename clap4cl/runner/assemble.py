@@ -77,7 +77,7 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
     """The strategy of ``config['method']`` with every hyperparameter from ``config``.
 
     Args:
-        config: a resolved config (``clap4cl.runner.config.resolve``).
+        config: a resolved config (``clap4cl.runner.config.load_config``).
         text_features: text statistics of every class of the stream, label order.
         logit_scale: CLIP's temperature τ.
         evaluator: an Avalanche ``EvaluationPlugin`` (None: Avalanche's default).
@@ -85,7 +85,7 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
         image_encoder: a frozen encoder, for streams of images rather than features.
         device: training device (default: ``backbone.device``).
         input_dims, n_classes: the modalities' widths and the stream's classes
-            (``multi_encoder`` only; ``benchmark.input_dims`` of the two_modality stream).
+            (``multi_encoder`` only; ``benchmark.info.input_dims`` of the two_modality stream).
     """
     method = config["method"]
     device = device or config["backbone"]["device"]
@@ -125,9 +125,9 @@ def build_strategy(config, text_features, logit_scale, evaluator, plugins, bench
     from strategies.guards import NonFiniteLossGuard
     from strategies.plugins.registry import build_plugins
 
-    input_dims = getattr(benchmark, "input_dims", None)
-    n_classes = len(benchmark.class_names) if benchmark is not None else None
+    info = benchmark.info if benchmark is not None else None
     return build_from_config(
         config, text_features=text_features, logit_scale=logit_scale, evaluator=evaluator,
         plugins=[*build_plugins(config["plugins"]), *plugins, NonFiniteLossGuard()],
-        input_dims=input_dims, n_classes=n_classes)
+        input_dims=None if info is None else info.input_dims,
+        n_classes=None if info is None else info.n_classes)

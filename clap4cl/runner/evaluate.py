@@ -77,12 +77,15 @@ class LogitsCollector(SupervisedPlugin, supports_distributed=True):
 
 def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, config,
                   seed: int, external_ood=None) -> Dict[str, Any]:
-    """Per-experience accuracy, step accuracy, ECE and novelty after training ``step``.
+    """Per-experience accuracy, step accuracy, calibration, novelty and reliability after
+    training ``step``: every number of the step, computed once from the collected logits
+    (results.json and TensorBoard both show these values).
 
     ``reference`` and ``per_image`` contexts evaluate through Avalanche (one
-    task-homogeneous loader per experience); ``mixed`` shuffles the seen test data (and
-    the novel data, for novelty detection) together into cross-task batches.
-    ``external_ood``: a test dataset of another dataset, novel at every step.
+    task-homogeneous loader per experience, logits kept by ``collector``); ``mixed``
+    shuffles the seen test data (and the novel data, for novelty detection) together into
+    cross-task batches. ``external_ood``: a test dataset of another dataset, novel at
+    every step.
     """
     test_stream = benchmark.test_stream
     batch_size = config["eval"]["batch_size"]
@@ -101,19 +104,12 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
         future = [test_stream[k].dataset.eval() for k in range(step + 1, n_eval)]
         novel = predict_logits(strategy.model, future, batch_size, device)
     seen_samples = np.concatenate([l for l, _ in per_exp])
-    seen_logits = seen_samples.mean(1)
-    seen_y = np.concatenate([y for _, y in per_exp])
     out = {
-        "row": [float((l.mean(1).argmax(1) == y).mean()) for l, y in per_exp],
-        "step_accuracy": float((seen_logits.argmax(1) == seen_y).mean()),
-        "ece": metrics.expected_calibration_error(seen_logits, seen_y),
-        "calibration": metrics.calibration_metrics(seen_logits, seen_y, batch_size),
-        "task_aware_accuracy": float(np.mean(np.concatenate([
-            metrics.task_aware_hits(l.mean(1), y, benchmark.classes_per_experience[k])
-            for k, (l, y) in enumerate(per_exp)]))),
+        **metrics.step_metrics(per_exp, benchmark.info.classes_per_experience, batch_size),
         "novelty": None,
         "novelty_external": None,
-        "plot_data": {"reliability": (seen_logits, seen_y), "roc": None},
+        "plot_data": {"reliability": (seen_samples.mean(1), np.concatenate([y for _, y in per_exp])),
+                      "roc": None},
     }
     if with_novelty:
         novel_samples = np.concatenate([l for l, _ in novel])

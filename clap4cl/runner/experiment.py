@@ -91,9 +91,9 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         state["plot_data"]["roc"] = latest["roc"] or state["plot_data"].get("roc")
         state["rows"].append(evaluated["row"])
         state["steps"].append(evaluated)
-        log_step_scalars(tensorboard, step, evaluated)
         results = summarise(config, benchmark, state["rows"], state["steps"], timer,
                             completed=step + 1)
+        log_step_scalars(tensorboard, step, results)
         state["results"] = results
         state["timer"] = dict(timer.seconds)
         save_run_checkpoint(strategy, output)

@@ -45,20 +45,21 @@ def build_benchmark(config: Dict[str, Any], backbone, cache: FeatureCache, progr
 def stream_text_features(config, benchmark, backbone, cache: FeatureCache):
     """Class text statistics of every class of the stream, in label order (None for
     streams without class text, such as two_modality)."""
-    if getattr(benchmark, "input_dims", None) is not None:
+    info = benchmark.info
+    if info.input_dims is not None:
         return None
-    if getattr(benchmark, "text_features", None) is not None:
-        return benchmark.text_features
-    templates = config["dataset"]["templates"] or benchmark.templates
-    return class_text_features(backbone, benchmark.class_names, templates, cache_dir=cache.root)
+    if info.text_features is not None:
+        return info.text_features
+    templates = config["dataset"]["templates"] or info.templates
+    return class_text_features(backbone, list(info.class_names), templates, cache_dir=cache.root)
 
 
 def null_image_embedding(backbone, benchmark) -> Optional[torch.Tensor]:
     """The embedding that stands for "no image" when a modality subset removes it: a
     mid-grey image through the frozen encoder (data-independent, no class prior), or the
     synthetic stream's content-free gap direction."""
-    if getattr(benchmark, "null_image", None) is not None:
-        return benchmark.null_image
+    if benchmark.info.null_image is not None:
+        return benchmark.info.null_image
     if backbone is None:
         return None
     from PIL import Image

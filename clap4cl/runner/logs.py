@@ -8,13 +8,17 @@ from typing import Any, Dict
 
 def make_evaluator(output: Path, config: Dict[str, Any], progress: bool,
                    write_tensorboard: bool = True):
-    """Avalanche EvaluationPlugin with accuracy/loss metrics and the configured loggers
-    (TensorBoard only if the config and ``write_tensorboard`` both want it)."""
+    """Avalanche EvaluationPlugin with the training loss and accuracy per epoch and the
+    configured loggers (TensorBoard only if the config and ``write_tensorboard`` both want
+    it).
+
+    It computes no evaluation metric: every number of an evaluation step comes from
+    ``runner.evaluate.evaluate_step`` and reaches TensorBoard through
+    :func:`log_step_scalars`, from the same values as results.json.
+    """
     from avalanche.logging import InteractiveLogger, TensorboardLogger
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
-
-    from clap4cl.evaluation.plugin_metrics import calibration_plugin_metrics, continual_metrics
 
     loggers = []
     tensorboard = None
@@ -25,10 +29,8 @@ def make_evaluator(output: Path, config: Dict[str, Any], progress: bool,
         loggers.append(tensorboard)
     with warnings.catch_warnings():  # no loggers is a deliberate choice (--quiet, no TensorBoard)
         warnings.filterwarnings("ignore", message="No loggers specified")
-        evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
-                                     loss_metrics(stream=True),
-                                     *calibration_plugin_metrics(experience=False),
-                                     *continual_metrics(), loggers=loggers)
+        evaluator = EvaluationPlugin(accuracy_metrics(epoch=True), loss_metrics(epoch=True),
+                                     loggers=loggers)
     return evaluator, tensorboard
 
 
@@ -51,14 +53,12 @@ def write_plots(output: Path, results: Dict[str, Any], plot_data: Dict[str, Any]
     plots.save_figures(figures, output / "plots")
 
 
-def log_step_scalars(tensorboard, step: int, evaluated: Dict[str, Any]) -> None:
+def log_step_scalars(tensorboard, step: int, results: Dict[str, Any]) -> None:
+    """Every number of ``step`` in the results.json document ``results`` as a TensorBoard
+    scalar (tags: ``runner.results.step_scalars``)."""
     if tensorboard is None:
         return
-    writer = tensorboard.writer
-    writer.add_scalar("summary/step_accuracy", evaluated["step_accuracy"], step)
-    writer.add_scalar("summary/ece", evaluated["ece"], step)
-    for kind in ("novelty", "novelty_external"):
-        if evaluated[kind]:
-            for score, values in evaluated[kind]["scores"].items():
-                for name in ("auroc", "aupr", "fpr95"):
-                    writer.add_scalar(f"{kind}/{score}_{name}", values[name], step)
+    from clap4cl.runner.results import step_scalars
+
+    for tag, value in step_scalars(results, step).items():
+        tensorboard.writer.add_scalar(tag, value, step)

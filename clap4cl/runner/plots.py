@@ -1,7 +1,7 @@
 """PNG plots of a run: accuracy per step, the accuracy matrix, reliability and novelty ROC.
 
 Every function returns a matplotlib Figure (for TensorBoard's ``add_figure``);
-``save_run_plots`` writes the four PNGs of a run directory.
+``run_figures`` makes the four figures of a run and ``save_figures`` writes them as PNGs.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from clap4cl.evaluation.metrics import ECE_BINS, softmax  # noqa: E402
+from clap4cl.evaluation.metrics import CalibrationBins, calibration_bins  # noqa: E402
 
 PLOT_FILES = ("accuracy_per_step.png", "accuracy_matrix.png", "reliability.png", "novelty_roc.png")
 
@@ -45,29 +45,24 @@ def accuracy_matrix(matrix: List[List[Optional[float]]], title: str = "") -> plt
     return fig
 
 
-def reliability_bins(logits: np.ndarray, targets: np.ndarray, n_bins: int = ECE_BINS):
-    """(bin centres, accuracy, mean confidence, count) of equal-width confidence bins."""
-    probs = softmax(np.asarray(logits, dtype=np.float64))
-    confidence, prediction = probs.max(1), probs.argmax(1)
-    correct = prediction == np.asarray(targets)
-    index = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    counts = np.bincount(index, minlength=n_bins)
-    accuracy = np.bincount(index, correct, minlength=n_bins) / np.maximum(counts, 1)
-    mean_conf = np.bincount(index, confidence, minlength=n_bins) / np.maximum(counts, 1)
-    centres = (np.arange(n_bins) + 0.5) / n_bins
-    return centres, accuracy, mean_conf, counts
-
-
-def reliability_diagram(logits: np.ndarray, targets: np.ndarray, title: str = "") -> plt.Figure:
-    centres, accuracy, mean_conf, counts = reliability_bins(logits, targets)
-    filled = counts > 0
+def reliability_diagram(bins: CalibrationBins, title: str = "") -> plt.Figure:
+    """Accuracy and the gap to mean confidence per bin of :func:`calibration_bins` (the
+    bins the reported ECE sums over); the bin of confidences of exactly 1.0 is drawn as
+    a narrow bar just right of 1."""
+    n = bins.n_bins
+    width = 1.0 / n
+    centres = np.append((np.arange(n) + 0.5) * width, 1.0 + width / 4)
+    widths = np.append(np.full(n, width), width / 2)
+    filled = bins.counts > 0
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    width = 1.0 / len(centres)
-    ax.bar(centres[filled], accuracy[filled], width=width, edgecolor="black", label="accuracy")
-    ax.bar(centres[filled], (mean_conf - accuracy)[filled], bottom=accuracy[filled], width=width,
-           color="tab:red", alpha=0.35, label="gap to confidence")
+    ax.bar(centres[filled], bins.accuracy[filled], width=widths[filled], edgecolor="black",
+           label="accuracy")
+    ax.bar(centres[filled], (bins.confidence - bins.accuracy)[filled],
+           bottom=bins.accuracy[filled], width=widths[filled], color="tab:red", alpha=0.35,
+           label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1 + width / 2), ylim=(0, 1),
+           title=f"{title} (ECE {100 * bins.ece:.2f} %)" if title else f"ECE {100 * bins.ece:.2f} %")
     ax.legend(loc="upper left")
     fig.tight_layout()
     return fig
@@ -106,7 +101,7 @@ def run_figures(results: Dict, reliability: Tuple[np.ndarray, np.ndarray],
     figures = {
         "accuracy_per_step.png": accuracy_per_step(results["step_accuracy"], name),
         "accuracy_matrix.png": accuracy_matrix(results["accuracy_matrix"], name),
-        "reliability.png": reliability_diagram(*reliability, f"{name}, last step"),
+        "reliability.png": reliability_diagram(calibration_bins(*reliability), f"{name}, last step"),
         "novelty_roc.png": novelty_roc(roc_curves or {}, _auroc_per_step(results["novelty"]),
                                        f"{name}: novelty"),
     }

@@ -40,7 +40,7 @@ def novelty_summary(entries: List[Dict[str, Any]]) -> Optional[Dict[str, Dict[st
 
 def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, Any]],
               timer: Timer, completed: int) -> Dict[str, Any]:
-    """The results.json document (DESIGN.md contract)."""
+    """The results.json document (schema: docs/cli-and-config.md)."""
     n_exp = len(benchmark.train_stream)
     matrix = [row + [None] * (n_exp - len(row)) for row in rows]
     novelty = [s["novelty"] for s in steps if s["novelty"] is not None]
@@ -54,8 +54,9 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
         "run": config["run"],
         "n_experiences": n_exp,
         "completed_experiences": completed,
-        "class_order": [int(c) for c in benchmark.class_order],
-        "classes_per_experience": [[int(c) for c in cls] for cls in benchmark.classes_per_experience],
+        "class_order": [int(c) for c in benchmark.info.class_order],
+        "classes_per_experience": [[int(c) for c in cls]
+                                   for cls in benchmark.info.classes_per_experience],
         "eval_context": config["eval"]["context"],
         "accuracy_matrix": matrix,
         "step_accuracy": step_acc,
@@ -77,6 +78,38 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
         "reliability": [s.get("reliability") for s in steps] if any(s.get("reliability") for s in steps) else None,
         "timing": {k: round(v, 3) for k, v in timer.seconds.items()},
     }
+
+
+def step_scalars(results: Dict[str, Any], step: int) -> Dict[str, float]:
+    """Every number of ``step`` in the results.json document ``results`` (written after
+    that step), keyed by its TensorBoard tag: the one source of the run's scalars.
+
+    Cumulative summaries (average incremental accuracy, BWT, forgetting) are their values
+    after ``step``; per-step lists are read at index ``step``; novelty entries are those of
+    ``step``.
+    """
+    out: Dict[str, float] = {}
+    for k, value in enumerate(results["accuracy_matrix"][step]):
+        if value is not None:
+            out[f"accuracy/experience_{k:03d}"] = value
+    for key in ("step_accuracy", "step_accuracy_task_mean", "task_aware_accuracy", "ece"):
+        out[f"summary/{key}"] = results[key][step]
+    for key in ("avg_incremental_accuracy", "bwt", "forgetting"):
+        if results[key] is not None:
+            out[f"summary/{key}"] = results[key]
+    for name, value in results["calibration"][step].items():
+        out[f"calibration/{name}"] = value
+    for kind in ("novelty", "novelty_external"):
+        for entry in results[kind]:
+            if entry["step"] == step:
+                for score, values in entry["scores"].items():
+                    for name in ("auroc", "aupr", "fpr95"):
+                        out[f"{kind}/{score}_{name}"] = values[name]
+    entry = (results["reliability"] or [None] * (step + 1))[step]
+    for name, value in (entry or {}).items():
+        if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"reliability/{name}"] = value
+    return out
 
 
 def plugin_name(spec) -> str:

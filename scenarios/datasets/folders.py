@@ -1,4 +1,5 @@
-"""Image datasets stored as folders: any image folder, ImageNet-R, ImageNet-100 and CUB-200.
+"""Image datasets stored as folders of class folders: any image folder and ImageNet-100,
+and the folder helpers that ImageNet-R (``scenarios.datasets.imagenet_r``) also uses.
 
 Deterministic split of a folder without train/test subfolders (``image_folder`` and
 ``imagenet_r``): per class, files are sorted by their path relative to the class folder,
@@ -38,10 +39,6 @@ GENERIC_TEMPLATES = (
     "a good photo of a {}.",
     "a close-up photo of a {}.",
 )
-
-CUB_TEMPLATES = ("a photo of a {}, a type of bird.",)
-
-IMAGENET_R_LISTS = ("imagenetr_train.txt", "imagenetr_test.txt")
 
 
 def imagenet_templates() -> Tuple[str, ...]:
@@ -148,8 +145,10 @@ def _read_class_names_file(root: Path, folders: Sequence[str]) -> Optional[List[
                     f"folder order")
 
 
-def _file_splits(name, root, classes, train_paths, train_targets, test_paths, test_targets,
+def file_splits(name, root, classes, train_paths, train_targets, test_paths, test_targets,
                  templates, *fingerprint_parts) -> DatasetSplits:
+    """The splits of lists of image files; the fingerprint hashes the files and
+    ``fingerprint_parts`` (the split rule)."""
     if not train_paths or not test_paths:
         which = "train" if not train_paths else "test"
         raise DataNotFoundError(f"dataset {name!r}: no {which} images found under {str(root)!r} "
@@ -162,7 +161,8 @@ def _file_splits(name, root, classes, train_paths, train_targets, test_paths, te
                          fingerprint)
 
 
-def _train_test_dirs(root: Path, test_names=("test", "val")) -> Optional[Tuple[Path, Path]]:
+def train_test_dirs(root: Path, test_names=("test", "val")) -> Optional[Tuple[Path, Path]]:
+    """``(root/train, root/<first of test_names>)`` when both exist, else None."""
     train = root / "train"
     for test_name in test_names:
         if train.is_dir() and (root / test_name).is_dir():
@@ -180,21 +180,23 @@ def _classes_of_split_dirs(name: str, train_dir: Path, test_dir: Path) -> List[s
     return classes
 
 
-def _load_split_dirs(name, root, train_dir, test_dir, templates) -> DatasetSplits:
+def load_split_dirs(name, root, train_dir, test_dir, templates) -> DatasetSplits:
+    """Splits given as ``train_dir/<class>/`` and ``test_dir/<class>/``."""
     classes = _classes_of_split_dirs(name, train_dir, test_dir)
     train_paths, train_targets = scan_class_folders(train_dir, classes)
     test_paths, test_targets = scan_class_folders(test_dir, classes)
-    return _file_splits(name, root, classes, train_paths, train_targets, test_paths,
+    return file_splits(name, root, classes, train_paths, train_targets, test_paths,
                         test_targets, templates, "split-dirs")
 
 
-def _load_single_folder(name, root, templates, test_fraction, split_seed) -> DatasetSplits:
+def load_single_folder(name, root, templates, test_fraction, split_seed) -> DatasetSplits:
+    """``root/<class>/`` folders split with the module's deterministic rule."""
     classes = class_folder_names(root)
     if not classes:
         raise DataNotFoundError(f"dataset {name!r}: {str(root)!r} has no class folders "
                                 f"(expected <root>/<class>/<image files>)")
     parts = split_single_folder(root, classes, test_fraction, split_seed)
-    return _file_splits(name, root, classes, *parts, templates,
+    return file_splits(name, root, classes, *parts, templates,
                         "single-folder", test_fraction, split_seed)
 
 
@@ -213,85 +215,10 @@ def load_image_folder(root=None, *, test_fraction: float = 0.2, split_seed: int 
     """
     root = require_root(root, "image_folder", IMAGE_FOLDER_LAYOUT)
     templates = tuple(templates) if templates else GENERIC_TEMPLATES
-    split_dirs = _train_test_dirs(root)
+    split_dirs = train_test_dirs(root)
     if split_dirs:
-        return _load_split_dirs("image_folder", root, *split_dirs, templates)
-    return _load_single_folder("image_folder", root, templates, test_fraction, split_seed)
-
-
-# ---- ImageNet-R -----------------------------------------------------------------------------
-IMAGENET_R_LAYOUT = ("the extracted imagenet-r.tar (200 wnid folders such as n01443537/, from "
-                     "https://github.com/hendrycks/imagenet-r), optionally with the split lists "
-                     "imagenetr_train.txt / imagenetr_test.txt")
-
-
-def load_imagenet_r(root=None, *, test_fraction: float = 0.2, split_seed: int = 0) -> DatasetSplits:
-    """ImageNet-R (200 classes, 30 000 renditions), CLIP's 80 ImageNet templates.
-
-    Split, in order of preference: the reference's lists ``imagenetr_train.txt`` /
-    ``imagenetr_test.txt`` (in ``root`` or ``root/imagenet_split``), matched by
-    ``wnid/filename`` wherever the file lies under ``root`` (spec B14); ``root/train`` and
-    ``root/test``; else the deterministic 80/20 rule on ``root/<wnid>/``.
-    """
-    root = require_root(root, "imagenet_r", IMAGENET_R_LAYOUT)
-    if (root / "imagenet-r").is_dir() and not _imagenet_r_lists(root):
-        root = root / "imagenet-r"  # the parent of the extracted archive was given
-    lists = _imagenet_r_lists(root)
-    if lists:
-        return _load_imagenet_r_from_lists(root, *lists)
-    split_dirs = _train_test_dirs(root, ("test",))
-    if split_dirs:
-        return _load_split_dirs("imagenet_r", root, *split_dirs, imagenet_templates())
-    return _load_single_folder("imagenet_r", root, imagenet_templates(), test_fraction, split_seed)
-
-
-def _imagenet_r_lists(root: Path) -> Optional[Tuple[Path, Path]]:
-    for folder in (root, root / "imagenet_split"):
-        train, test = (folder / n for n in IMAGENET_R_LISTS)
-        if train.is_file() and test.is_file():
-            return train, test
-    return None
-
-
-def _list_keys(path: Path) -> List[str]:
-    """``wnid/filename`` of every entry of a split list (``train/n01443537/art_1.jpg 0``)."""
-    keys = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            parts = line.split()[0].replace("\\", "/").split("/")
-            keys.append("/".join(parts[-2:]))
-    return keys
-
-
-def _index_by_wnid_and_name(root: Path) -> Dict[str, Path]:
-    """``wnid/filename`` -> path for images in ``root/<wnid>/`` or ``root/<split>/<wnid>/``."""
-    index = {}
-    split_dirs = [d for d in root.iterdir() if d.is_dir() and not WNID_PATTERN.match(d.name)]
-    for base in (root, *split_dirs):
-        for wnid in class_folder_names(base):
-            if WNID_PATTERN.match(wnid):
-                for path in image_files(base / wnid):
-                    index.setdefault(f"{wnid}/{path.name}", path)
-    return index
-
-
-def _load_imagenet_r_from_lists(root: Path, train_list: Path, test_list: Path) -> DatasetSplits:
-    train_keys, test_keys = _list_keys(train_list), _list_keys(test_list)
-    classes = sorted({k.split("/")[0] for k in train_keys + test_keys})
-    label_of = {wnid: i for i, wnid in enumerate(classes)}
-    index = _index_by_wnid_and_name(root)
-    missing = [k for k in train_keys + test_keys if k not in index]
-    if missing:
-        raise DataNotFoundError(
-            f"imagenet_r: {len(missing)} of {len(train_keys) + len(test_keys)} images listed in "
-            f"{train_list.name}/{test_list.name} are not under {str(root)!r} (e.g. {missing[0]}): "
-            f"extract the complete imagenet-r.tar there, or remove the lists to split the "
-            f"folders deterministically")
-    return _file_splits(
-        "imagenet_r", root, classes,
-        [index[k] for k in train_keys], [label_of[k.split("/")[0]] for k in train_keys],
-        [index[k] for k in test_keys], [label_of[k.split("/")[0]] for k in test_keys],
-        imagenet_templates(), "lists")
+        return load_split_dirs("image_folder", root, *split_dirs, templates)
+    return load_single_folder("image_folder", root, templates, test_fraction, split_seed)
 
 
 # ---- ImageNet-100 ---------------------------------------------------------------------------
@@ -303,73 +230,8 @@ IMAGENET100_LAYOUT = ("a folder with train/ and val/ subfolders of 100 ImageNet 
 def load_imagenet100(root=None) -> DatasetSplits:
     """ImageNet-100: ``root/train/<wnid>/*`` and ``root/val/<wnid>/*``, ImageNet templates."""
     root = require_root(root, "imagenet100", IMAGENET100_LAYOUT)
-    split_dirs = _train_test_dirs(root, ("val", "test"))
+    split_dirs = train_test_dirs(root, ("val", "test"))
     if not split_dirs:
         raise DataNotFoundError(f"imagenet100: {str(root)!r} has no train/ and val/ subfolders; "
                                 f"it should be {IMAGENET100_LAYOUT}")
-    return _load_split_dirs("imagenet100", root, *split_dirs, imagenet_templates())
-
-
-# ---- CUB-200-2011 ---------------------------------------------------------------------------
-CUB_FILES = ("images.txt", "train_test_split.txt", "image_class_labels.txt", "classes.txt")
-CUB_LAYOUT = ("the extracted CUB_200_2011.tgz (from "
-              "https://www.vision.caltech.edu/datasets/cub_200_2011/) holding images.txt, "
-              "train_test_split.txt, image_class_labels.txt, classes.txt and images/")
-
-
-def cub_class_name(raw: str) -> str:
-    """``'001.Black_footed_Albatross'`` -> ``'Black footed Albatross'``."""
-    return clean_class_name(re.sub(r"^\d+\.", "", raw.strip()))
-
-
-def load_cub200(root=None) -> DatasetSplits:
-    """CUB-200-2011 with its official train/test split; the single bird template."""
-    root = require_root(root, "cub200", CUB_LAYOUT)
-    folder = root if (root / "images.txt").is_file() else root / "CUB_200_2011"
-    missing = [f for f in CUB_FILES if not (folder / f).is_file()]
-    if missing:
-        raise DataNotFoundError(f"cub200: {', '.join(missing)} not found in {str(folder)!r}; "
-                                f"set dataset.root to {CUB_LAYOUT}")
-    tables = {f: _read_id_table(folder / f) for f in CUB_FILES}
-    class_ids = sorted(tables["classes.txt"], key=int)
-    label_of = {cid: i for i, cid in enumerate(class_ids)}
-    class_names = [cub_class_name(tables["classes.txt"][cid]) for cid in class_ids]
-    try:
-        splits = _cub_split_lists(folder, tables, label_of)
-    except (KeyError, ValueError) as exc:
-        raise DataNotFoundError(f"cub200: the metadata files in {str(folder)!r} do not agree "
-                                f"(no entry for id {exc}): re-extract CUB_200_2011.tgz") from None
-    _require_files(splits[True][0] + splits[False][0], folder)
-    train = FileImageDataset(*splits[True])
-    test = FileImageDataset(*splits[False])
-    fingerprint = make_fingerprint("cub200", train.content_digest(folder),
-                                   test.content_digest(folder))
-    return DatasetSplits("cub200", train, test, class_names, CUB_TEMPLATES, fingerprint)
-
-
-def _cub_split_lists(folder: Path, tables, label_of):
-    """{is_train: (paths, labels)} in image-id order."""
-    splits = {True: ([], []), False: ([], [])}
-    for image_id, rel in sorted(tables["images.txt"].items(), key=lambda kv: int(kv[0])):
-        is_train = tables["train_test_split.txt"][image_id].strip() == "1"
-        splits[is_train][0].append(folder / "images" / rel.strip())
-        splits[is_train][1].append(label_of[tables["image_class_labels.txt"][image_id].strip()])
-    return splits
-
-
-def _read_id_table(path: Path) -> Dict[str, str]:
-    """``<id> <value>`` lines as a dict."""
-    table = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.strip().split(None, 1)
-        if len(parts) == 2:
-            table[parts[0]] = parts[1]
-    return table
-
-
-def _require_files(paths: Sequence[Path], folder: Path) -> None:
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DataNotFoundError(f"cub200: {len(missing)} of {len(paths)} images listed in "
-                                f"images.txt are missing under {str(folder / 'images')!r} "
-                                f"(e.g. {missing[0].name}): re-extract CUB_200_2011.tgz")
+    return load_split_dirs("imagenet100", root, *split_dirs, imagenet_templates())
