@@ -23,10 +23,10 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import stream_type
 
 from clap4cl.evaluation.attribution import attribution_shares, target_ratio
+from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.modality_subsets import Subset, all_nonempty, full, policy_pairs, subset_name
 from clap4cl.models.multimodal import as_multimodal
 
-METRIC_PAIRS = ("leave_one_out", "all_nested")
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
