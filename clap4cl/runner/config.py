@@ -41,8 +41,8 @@ NULLABLE = {
 CHOICES = {
     "method": METHODS,
     "backbone.precision": PRECISIONS,
-    "dataset.name": available_datasets(),
-    "eval.novelty_dataset": available_datasets(),  # or null
+    "dataset.name": tuple(available_datasets()),
+    "eval.novelty_dataset": tuple(available_datasets()),  # or null
     "eval.context": EVAL_CONTEXTS,
     "eval.reliability_pairs": METRIC_PAIRS,
     "clap.train_context": CONTEXTS,
