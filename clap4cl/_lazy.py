@@ -2,6 +2,8 @@
 
 A package ``__init__`` lists ``{public name: defining module}``; the module is imported
 the first time the name is read, so ``clap4cl --help`` and a one-line config error stay fast.
+Registries of choices (plugins, selectors, datasets) name their implementations the same
+way, as ``"module:attribute"`` strings that :func:`resolve` imports on use.
 """
 from __future__ import annotations
 
@@ -34,3 +36,9 @@ def lazy_exports(package: str, exports: Dict[str, str]) -> tuple:
 def globals_of(package: str) -> dict:
     import sys
     return vars(sys.modules[package])
+
+
+def resolve(target: str):
+    """The object a registry entry ``"package.module:attribute"`` names, imported now."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)

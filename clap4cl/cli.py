@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,6 +21,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"clap4cl: error: {message} (see clap4cl {self.prog.split()[-1]} --help)\n")
 
 
+def choices_help() -> str:
+    """The allowed values of every --set key with a fixed set, from the registries."""
+    from clap4cl.runner.config import CHOICES, LIST_CHOICES
+
+    rows = {**CHOICES, **{f"{key}[].name": names for key, names in LIST_CHOICES.items()}}
+    width = max(map(len, rows))
+    lines = [textwrap.fill(", ".join(names), 100, initial_indent=f"  {key:<{width}}  ",
+                           subsequent_indent=" " * (width + 4)) for key, names in rows.items()]
+    return "allowed values of --set keys (see docs/choices.md):\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="clap4cl", description="Continual learning for CLIP models on Avalanche.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -30,14 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key, e.g. --set dataset.n_experiences=5 (repeatable)")
         p.add_argument("--quiet", action="store_true", help="no progress bars or per-step logs")
 
-    run = sub.add_parser("run", help="run one class-incremental experiment")
+    run = sub.add_parser("run", help="run one class-incremental experiment", epilog=choices_help(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(run)
     run.add_argument("--output", help="run directory (default: runs/<dataset>-<method>-run<k>)")
     run.add_argument("--seeds", type=int, nargs="+", metavar="RUN",
                      help="run these runs (class orders 1993 + run) into DIR/run<k> and write the "
                           "aggregate table DIR/report.md (default DIR: runs/<dataset>-<method>)")
 
-    extract = sub.add_parser("extract", help="fill the frozen-feature cache only")
+    extract = sub.add_parser("extract", help="fill the frozen-feature cache only",
+                             epilog=choices_help(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(extract)
 
     report = sub.add_parser("report", help="aggregate run directories into a Markdown table")
@@ -75,9 +90,9 @@ def _load(args):
 
 
 def _run(args) -> int:
+    config = _load(args)  # before importing the experiment loop: a config error stays fast
     from clap4cl.runner.experiment import run_experiment
 
-    config = _load(args)
     if args.seeds:
         return _run_seeds(args, config)
     output = Path(args.output) if args.output else Path("runs") / (
@@ -121,6 +136,7 @@ def _print_summary(results, output: Path) -> None:
 
 def _extract(args) -> int:
     """Fill the cache; under torchrun the ranks share the image encoding, rank 0 reports."""
+    config = _load(args)  # before the heavy imports: a config error stays fast
     from clap4cl import distributed
     from clap4cl.paths import default_cache_dir
     from clap4cl.features.cache import FeatureCache
@@ -128,7 +144,6 @@ def _extract(args) -> int:
     from clap4cl.runner.inputs import build_benchmark, load_backbone, stream_text_features
     from clap4cl.runner.threads import phase_threads
 
-    config = _load(args)
     distributed.init_from_env(run_seed(config), config["backbone"]["device"])
     main = distributed.is_main()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())

@@ -5,18 +5,28 @@ Main entry point: :func:`class_incremental`. Dataset loaders live in ``DATASETS`
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
-import torch
-
+from clap4cl._lazy import lazy_exports
 from clap4cl.errors import UserError
 
-from scenarios.base import ArrayImageDataset, DatasetSplits, FileImageDataset, ImageDataset
 from scenarios.class_order import classes_per_experience, default_class_order, validate_class_order
 from scenarios.registry import (DATASETS, FEATURE_DATASETS, available_datasets, canonical_name,
                        get_dataset_splits, get_feature_dataset)
-from scenarios.datasets.synthetic import SyntheticFeatures, make_synthetic
 from scenarios.info import StreamInfo
+
+if TYPE_CHECKING:
+    from scenarios.base import DatasetSplits
+
+# Imported on first use (PEP 562), so reading the dataset names loads no torch.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ArrayImageDataset": "scenarios.base",
+    "DatasetSplits": "scenarios.base",
+    "FileImageDataset": "scenarios.base",
+    "ImageDataset": "scenarios.base",
+    "SyntheticFeatures": "scenarios.datasets.synthetic",
+    "make_synthetic": "scenarios.datasets.synthetic",
+})
 
 LEVELS = ("image", "features")
 
@@ -133,6 +143,8 @@ def _feature_level(splits: DatasetSplits, backbone, cache, progress, batch_size,
 
 def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_experience_classes,
                          dataset_kwargs):
+    import torch
+
     from scenarios.features import FeatureDataset
     from scenarios.datasets.synthetic import synthetic_views
 

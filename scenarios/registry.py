@@ -1,40 +1,37 @@
 """Dataset registry: names -> loaders.
 
 ``DATASETS`` holds the image datasets (loaders return a :class:`DatasetSplits`);
-``FEATURE_DATASETS`` the feature-level ones without images (``synthetic``). Names are
-case-insensitive and ``-`` may be written for ``_`` (``imagenet-r``, ``fashion-mnist``).
+``FEATURE_DATASETS`` the feature-level ones without images (``synthetic``). Each name maps
+to the ``"module:function"`` of its loader, imported when the dataset is loaded, so the
+names are cheap to read (config validation, the CLI help). Names are case-insensitive
+and ``-`` may be written for ``_`` (``imagenet-r``, ``fashion-mnist``).
 """
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List
 
+from clap4cl._lazy import resolve
 from clap4cl.errors import UserError
 
-from scenarios.base import DatasetSplits
-from scenarios.datasets.cifar import load_cifar10, load_cifar100
-from scenarios.datasets.digits import load_digits
-from scenarios.datasets.fashion_mnist import load_fashion_mnist
-from scenarios.datasets.cub import load_cub200
-from scenarios.datasets.folders import load_image_folder, load_imagenet100
-from scenarios.datasets.imagenet_r import load_imagenet_r
-from scenarios.datasets.synthetic import SyntheticFeatures, load_synthetic
-from scenarios.datasets.two_modality import load_two_modality
+if TYPE_CHECKING:
+    from scenarios.base import DatasetSplits
+    from scenarios.datasets.synthetic import SyntheticFeatures
 
-DATASETS: Dict[str, Callable[..., DatasetSplits]] = {
-    "digits": load_digits,
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "fashion_mnist": load_fashion_mnist,
-    "image_folder": load_image_folder,
-    "imagenet_r": load_imagenet_r,
-    "imagenet100": load_imagenet100,
-    "cub200": load_cub200,
+DATASETS: Dict[str, str] = {
+    "digits": "scenarios.datasets.digits:load_digits",
+    "cifar10": "scenarios.datasets.cifar:load_cifar10",
+    "cifar100": "scenarios.datasets.cifar:load_cifar100",
+    "fashion_mnist": "scenarios.datasets.fashion_mnist:load_fashion_mnist",
+    "image_folder": "scenarios.datasets.folders:load_image_folder",
+    "imagenet_r": "scenarios.datasets.imagenet_r:load_imagenet_r",
+    "imagenet100": "scenarios.datasets.folders:load_imagenet100",
+    "cub200": "scenarios.datasets.cub:load_cub200",
 }
 
-FEATURE_DATASETS: Dict[str, Callable[..., SyntheticFeatures]] = {
-    "synthetic": load_synthetic,
-    "two_modality": load_two_modality,
+FEATURE_DATASETS: Dict[str, str] = {
+    "synthetic": "scenarios.datasets.synthetic:load_synthetic",
+    "two_modality": "scenarios.datasets.two_modality:load_two_modality",
 }
 
 # Datasets that read no files (``root`` is ignored).
@@ -46,9 +43,14 @@ def available_datasets() -> List[str]:
     return sorted({**DATASETS, **FEATURE_DATASETS})
 
 
+def normalise_name(name) -> str:
+    """``name`` as a registry key would be spelled (lower case, ``_`` for ``-``)."""
+    return str(name).strip().lower().replace("-", "_")
+
+
 def canonical_name(name) -> str:
     """The registry key of ``name``, or UserError listing the valid names."""
-    key = str(name).strip().lower().replace("-", "_")
+    key = normalise_name(name)
     if key not in DATASETS and key not in FEATURE_DATASETS:
         raise UserError(f"unknown dataset {name!r}: choose one of "
                         f"{', '.join(available_datasets())}")
@@ -66,7 +68,7 @@ def get_dataset_splits(name, root=None, **kwargs) -> DatasetSplits:
     if key in FEATURE_DATASETS:
         raise UserError(f"dataset {key!r} has features but no images: use "
                         f"scenarios.class_incremental({key!r}, ...) or get_feature_dataset")
-    return _call_loader(key, DATASETS[key], root, kwargs)
+    return _call_loader(key, resolve(DATASETS[key]), root, kwargs)
 
 
 def get_feature_dataset(name, root=None, **kwargs) -> SyntheticFeatures:
@@ -74,7 +76,7 @@ def get_feature_dataset(name, root=None, **kwargs) -> SyntheticFeatures:
     key = canonical_name(name)
     if key not in FEATURE_DATASETS:
         raise UserError(f"dataset {key!r} is an image dataset: use get_dataset_splits")
-    return _call_loader(key, FEATURE_DATASETS[key], root, kwargs)
+    return _call_loader(key, resolve(FEATURE_DATASETS[key]), root, kwargs)
 
 
 def loader_options(loader: Callable) -> List[str]:

@@ -14,7 +14,7 @@ from avalanche.benchmarks.utils import concat_datasets
 from avalanche.training.storage_policy import (ExemplarsSelectionStrategy,
                                                RandomExemplarsSelectionStrategy)
 
-POLICIES = ("fixed_total", "per_class")
+from strategies.choices import MEMORY_POLICIES as POLICIES
 
 
 class ClassBalancedMemory:

@@ -14,11 +14,13 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-from avalanche.training.storage_policy import (ExemplarsSelectionStrategy,
-                                               RandomExemplarsSelectionStrategy)
+from avalanche.training.storage_policy import ExemplarsSelectionStrategy
 from torch.utils.data import DataLoader
 
+from clap4cl._lazy import resolve
 from clap4cl.evaluation import scores as uncertainty
+
+from strategies.choices import SELECTORS
 
 
 class FirstKExemplarsSelection(ExemplarsSelectionStrategy):
@@ -125,21 +127,39 @@ def _image_features(model, x):
     return model.encode_images(x) if hasattr(model, "encode_images") else x.flatten(1)
 
 
-SELECTORS = {
-    "random": RandomExemplarsSelectionStrategy,
-    "reference_first_k": FirstKExemplarsSelection,
-    "herding": HerdingSelection,
-    "herding_logits": lambda: HerdingSelection("logits"),
-    "entropy": lambda: UncertaintySelection(lambda l, t: uncertainty.entropy(l), "highest"),
-    "energy": lambda: UncertaintySelection(lambda l, t: uncertainty.energy(l), "lowest"),
-    "variance": lambda: UncertaintySelection(lambda l, t: uncertainty.variance(l), "lowest"),
-    "var_entropy": lambda: UncertaintySelection(var_entropy_score, "lowest"),
-    "distance": lambda: UncertaintySelection(uncertainty.true_class_logit, "lowest"),
-}
+def herding_logits_selection() -> HerdingSelection:
+    """iCaRL herding on mean logits (the reference's ``icarl``)."""
+    return HerdingSelection("logits")
+
+
+def entropy_selection() -> UncertaintySelection:
+    """Highest predictive entropy first."""
+    return UncertaintySelection(lambda l, t: uncertainty.entropy(l), "highest")
+
+
+def energy_selection() -> UncertaintySelection:
+    """Lowest energy (logsumexp of the mean logits) first."""
+    return UncertaintySelection(lambda l, t: uncertainty.energy(l), "lowest")
+
+
+def variance_selection() -> UncertaintySelection:
+    """Lowest Monte-Carlo predictive variance first."""
+    return UncertaintySelection(lambda l, t: uncertainty.variance(l), "lowest")
+
+
+def var_entropy_selection() -> UncertaintySelection:
+    """Lowest geometric mean of variance and entropy first."""
+    """Highest predictive entropy first."""
+    return UncertaintySelection(var_entropy_score, "lowest")
+
+
+def distance_selection() -> UncertaintySelection:
+    """Lowest mean logit of the true class first."""
+    return UncertaintySelection(uncertainty.true_class_logit, "lowest")
 
 
 def make_selector(name: str) -> ExemplarsSelectionStrategy:
-    """The exemplar selector called ``name`` (see ``SELECTORS``)."""
+    """The exemplar selector called ``name`` (see ``strategies.choices.SELECTORS``)."""
     if name not in SELECTORS:
         raise ValueError(f"unknown exemplar selector {name!r}: choose one of {', '.join(SELECTORS)}")
-    return SELECTORS[name]()
+    return resolve(SELECTORS[name])()

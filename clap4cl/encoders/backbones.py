@@ -20,10 +20,10 @@ from torch import nn
 from torchvision import transforms as T
 
 from clap4cl.errors import UserError
+from clap4cl.encoders.choices import PRECISIONS
 
 TINY_CONFIG_DIR = Path(__file__).with_name("model_configs")
 TINY_ARCHITECTURES = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
-PRECISIONS = ("fp32", "fp16", "bf16")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 

@@ -22,10 +22,11 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import stream_type
 
+from clap4cl.evaluation.attribution import attribution_shares, target_ratio
+from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.modality_subsets import Subset, all_nonempty, full, policy_pairs, subset_name
 from clap4cl.models.multimodal import as_multimodal
 
-METRIC_PAIRS = ("leave_one_out", "all_nested")
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -249,14 +250,10 @@ class AttributionShareMetric(_DictMetric):
         out = {f"AttributionShare/{n}": float(v) for n, v in zip(self._names, mean)}
         out["AttributionShare/dominance"] = float(mean.max())
         if self.target is not None:
-            from strategies.plugins.attribution import target_ratio
-
             out["AttributionShare/l1_to_target"] = float((mean - target_ratio(self._names, self.target)).abs().sum())
         return out
 
     def after_eval_iteration(self, strategy):
-        from strategies.plugins.attribution import attribution_shares
-
         model = as_multimodal(strategy.model)
         feats = model.features_for(strategy.mb_x)
         names, shares = attribution_shares(model, feats, None, target_logit=self.target_logit,

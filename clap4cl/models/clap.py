@@ -23,11 +23,10 @@ from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
 from clap4cl import distributed
+from clap4cl.models.choices import CONTEXTS, LANGUAGE_INIT_CLASSES
 from clap4cl.models.multimodal import MultimodalModule
 from clap4cl.encoders.text_features import ClassTextFeatures
 
-CONTEXTS = ("batch", "per_image")
-LANGUAGE_INIT_CLASSES = ("all", "new")
 SIGMA_SCALE = 0.999
 SIGMA_FLOOR = 0.001
 

@@ -10,9 +10,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from clap4cl.models.choices import PAIR_POLICIES
+
 Subset = Tuple[bool, ...]
 Pair = Tuple[torch.Tensor, torch.Tensor]
-PAIR_POLICIES = ("leave_one_out", "nested_chain", "all_nested")
 
 
 def full(m: int) -> Subset:

@@ -21,10 +21,9 @@ import torch
 from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
+from clap4cl.models.choices import FILLS, FUSIONS
 from clap4cl.models.multimodal import MultimodalModule
 
-FUSIONS = ("late", "concat")
-FILLS = ("zeros", "mean", "learned")
 UNSEEN_LOGIT = -1000.0
 
 

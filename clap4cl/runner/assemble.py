@@ -5,21 +5,17 @@ object, so experiment scripts and the CLI never repeat the wiring.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
-from clap4cl.models.adapter import CLIPAdapterModel
-from clap4cl.models.clap import ClapModel
-from clap4cl.models.multi_encoder import MultiEncoderClassifier
-from clap4cl.encoders.text_features import ClassTextFeatures
+if TYPE_CHECKING:
+    from clap4cl.encoders.text_features import ClassTextFeatures
+    from clap4cl.models.clap import ClapModel
+    from strategies.exemplars import ClassBalancedMemory
 
-from strategies.clap import CLAP
-from strategies.clip_adapter import CLIPAdapter
-from strategies.exemplars import ClassBalancedMemory
-from strategies.multi_encoder import AdamNaive, QuietReplayPlugin
-from strategies.selectors import make_selector
-from strategies.zeroshot import ZeroShotCLIP
-
+# The choices this module builds. It imports the models and strategies inside the
+# functions, so reading these names (config validation, the CLI help) loads no torch.
 METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder")
+EVAL_CONTEXTS = ("per_image", "mixed", "reference")
 
 
 def model_eval_context(eval_context: str) -> str:
@@ -33,6 +29,9 @@ def model_eval_context(eval_context: str) -> str:
 
 def build_memory(memory: Dict[str, Any]) -> ClassBalancedMemory:
     """The replay memory of a config's ``memory`` section."""
+    from strategies.exemplars import ClassBalancedMemory
+    from strategies.selectors import make_selector
+
     return ClassBalancedMemory(policy=memory["policy"], size=memory["size"],
                                per_class=memory["per_class"],
                                selector=make_selector(memory["selector"]))
@@ -41,6 +40,8 @@ def build_memory(memory: Dict[str, Any]) -> ClassBalancedMemory:
 def build_clap_model(config: Dict[str, Any], text: ClassTextFeatures, logit_scale: float,
                      image_encoder=None) -> ClapModel:
     """The ``ClapModel`` of a config (variational unless method is clap_deterministic)."""
+    from clap4cl.models.clap import ClapModel
+
     c = config["clap"]
     return ClapModel(
         text, logit_scale, vga=c["vga"], vga_heads=c["vga_heads"], vga_ffn_dim=c["vga_ffn_dim"],
@@ -56,6 +57,9 @@ def build_multi_encoder(config: Dict[str, Any], input_dims, n_classes, *, eval_m
     """Avalanche ``Naive`` (Adam, cross-entropy) on a ``MultiEncoderClassifier``, with
     Avalanche's ``ReplayPlugin`` when ``memory.size`` > 0."""
     import torch
+
+    from clap4cl.models.multi_encoder import MultiEncoderClassifier
+    from strategies.multi_encoder import AdamNaive, QuietReplayPlugin
 
     if not input_dims or not n_classes:
         raise ValueError("multi_encoder needs input_dims and n_classes (a two_modality stream)")
@@ -87,6 +91,11 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
         input_dims, n_classes: the modalities' widths and the stream's classes
             (``multi_encoder`` only; ``benchmark.info.input_dims`` of the two_modality stream).
     """
+    from clap4cl.models.adapter import CLIPAdapterModel
+    from strategies.clap import CLAP
+    from strategies.clip_adapter import CLIPAdapter
+    from strategies.zeroshot import ZeroShotCLIP
+
     method = config["method"]
     device = device or config["backbone"]["device"]
     eval_mb = config["eval"]["batch_size"]

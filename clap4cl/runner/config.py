@@ -1,6 +1,6 @@
 """Experiment configuration: YAML files merged over documented defaults.
 
-``clap4cl/defaults.yaml`` lists every key with its default and a comment. A user
+``clap4cl/runner/defaults.yaml`` lists every key with its default and a comment. A user
 config and ``--set key=value`` overrides are merged on top; unknown keys, wrong types
 and invalid choices raise :class:`~clap4cl.errors.ConfigError` with one line.
 """
@@ -13,8 +13,15 @@ from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
+from clap4cl.encoders.choices import PRECISIONS
 from clap4cl.errors import ConfigError
+from clap4cl.evaluation.choices import METRIC_PAIRS
+from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES
+from clap4cl.runner.assemble import EVAL_CONTEXTS, METHODS
+from scenarios.registry import available_datasets, normalise_name
+from strategies.choices import MEMORY_POLICIES, SELECTORS
 from clap4cl.runner.threads import validate_setting
+from strategies.plugins.registry import PLUGINS, check_plugin_names
 
 # Types of keys whose default is null.
 # Keys with their own check (not the default's type): "auto" or a positive integer.
@@ -32,19 +39,26 @@ NULLABLE = {
     "eval.novelty_root": (str,),
 }
 
+# Every key with a fixed set of values, read from the registry next to what it selects
+# (each is torch-free, so validating a config stays cheap); docs/choices.md says what the
+# values mean. ``dataset.name`` is compared after normalise_name (``imagenet-r`` works).
 CHOICES = {
-    "method": ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder"),
-    "eval.reliability_pairs": ("leave_one_out", "all_nested"),
-    "multi_encoder.fusion": ("concat", "late"),
-    "multi_encoder.fill": ("zeros", "mean", "learned"),
-    "backbone.precision": ("fp32", "fp16", "bf16"),
-    "eval.context": ("per_image", "mixed", "reference"),
-    "clap.train_context": ("batch", "per_image"),
-    "clap.language_init_classes": ("all", "new"),
-    "memory.policy": ("fixed_total", "per_class"),
-    "memory.selector": ("random", "reference_first_k", "herding", "herding_logits", "entropy",
-                        "energy", "variance", "var_entropy", "distance"),
+    "method": METHODS,
+    "backbone.precision": PRECISIONS,
+    "dataset.name": tuple(available_datasets()),
+    "eval.novelty_dataset": tuple(available_datasets()),  # or null
+    "eval.context": EVAL_CONTEXTS,
+    "eval.reliability_pairs": METRIC_PAIRS,
+    "clap.train_context": CONTEXTS,
+    "clap.language_init_classes": LANGUAGE_INIT_CLASSES,
+    "multi_encoder.fusion": FUSIONS,
+    "multi_encoder.fill": FILLS,
+    "memory.policy": MEMORY_POLICIES,
+    "memory.selector": tuple(SELECTORS),
 }
+NORMALISED = {"dataset.name": normalise_name, "eval.novelty_dataset": normalise_name}
+# The names allowed in each entry of a list-valued key.
+LIST_CHOICES = {"plugins": tuple(PLUGINS)}
 
 POSITIVE = ("dataset.n_experiences", "cache.batch_size", "eval.batch_size",
             "clap.batch_size", "clap.mc_samples", "clap.vga_heads", "clap.vga_ffn_dim",
@@ -150,8 +164,13 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError(bad_threads)
     for key, options in CHOICES.items():
         value = get(config, key)
+        if value is None and key in NULLABLE:
+            continue
+        if key in NORMALISED:
+            value = NORMALISED[key](value)
         if value not in options:
-            raise ConfigError(f"{key} = {value!r} is not valid: choose one of {', '.join(options)}")
+            raise ConfigError(f"{key} = {get(config, key)!r} is not valid: choose one of "
+                              f"{', '.join(options)}")
     for key in POSITIVE:
         if get(config, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {get(config, key)}")
@@ -161,14 +180,15 @@ def validate(config: Dict[str, Any]) -> None:
     if not isinstance(config["plugins"], list) or not all(
             isinstance(p, (dict, str)) for p in config["plugins"]):
         raise ConfigError("plugins must be a list such as [{name: cml, weight: 1.0}]")
+    check_plugin_names(config["plugins"])
     _check_method_data(config)
     from strategies.plugins.registry import build_plugins
 
-    build_plugins(config["plugins"])  # unknown plugins and options fail before any work
+    build_plugins(config["plugins"])  # plugin options fail before any work
 
 
 def _check_method_data(config) -> None:
-    multimodal_data = str(config["dataset"]["name"]).replace("-", "_").lower() == "two_modality"
+    multimodal_data = normalise_name(config["dataset"]["name"]) == "two_modality"
     if multimodal_data != (config["method"] == "multi_encoder"):
         raise ConfigError(f"method {config['method']!r} cannot run on dataset "
                           f"{config['dataset']['name']!r}: the two_modality stream goes with "
