@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from clap4cl.models.clap import ClapModel, ClapOutput, kl_loss, language_loss
 
 from strategies.exemplars import ClassBalancedMemory
+from strategies.multimodal_step import MultimodalStep
 from strategies.replay_template import ReplayTemplate
 
 
-class CLAP(ReplayTemplate):
+class CLAP(MultimodalStep, ReplayTemplate):
     """The CLAP strategy. All arguments are keyword-only; defaults are the reference's.
 
     Args:
@@ -36,7 +37,7 @@ class CLAP(ReplayTemplate):
         train_mb_size, eval_mb_size: batch sizes (the training batch is the VGA context).
     """
 
-    train_method = "forward_samples"
+    train_method = "sample"
 
     def __init__(self, *, model: ClapModel, memory: Optional[ClassBalancedMemory] = None,
                  train_epochs: int = 5, finetune_epochs: int = 2, lr: float = 1.6e-3,
@@ -101,8 +102,12 @@ class CLAP(ReplayTemplate):
     # -------------------------------------------------------------- step
     def forward(self):
         """Mean-over-samples logits; the M samples stay in ``clap_output`` (and, in
-        evaluation, in ``mb_sample_logits`` (B, M, C) for uncertainty metrics)."""
-        self.clap_output = self.model_forward(self.mb_x)
+        evaluation, in ``mb_sample_logits`` (B, M, C) for uncertainty metrics).
+
+        The batch is encoded once (``mb_feats``, for the plugins of the step) and sampled
+        with the step's modality mask ``mb_present``."""
+        self.mb_feats = self.model.encode(self.mb_x)
+        self.clap_output = self.model_forward(self.mb_feats["image"], self.mb_present)
         if not self.is_training:
             self.mb_sample_logits = self.clap_output.logits.detach().transpose(0, 1)
         return self.clap_output.mean_logits

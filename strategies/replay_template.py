@@ -115,11 +115,11 @@ class ReplayTemplate(SupervisedTemplate):
         # DDP registers the parameters that train now, so it is rebuilt with every phase.
         self.ddp_model = distributed.data_parallel(self.model, self.train_method)
 
-    def model_forward(self, x):
-        """``model.<train_method>(x)``; through DDP while training under torchrun."""
+    def model_forward(self, x, *args):
+        """``model.<train_method>(x, *args)``; through DDP while training under torchrun."""
         if self.is_training and self.ddp_model is not None:
-            return self.ddp_model(x)
-        return getattr(self.model, self.train_method)(x)
+            return self.ddp_model(x, *args)
+        return getattr(self.model, self.train_method)(x, *args)
 
     def forward(self):
         return self.model_forward(self.mb_x)

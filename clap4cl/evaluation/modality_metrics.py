@@ -23,7 +23,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import stream_type
 
 from clap4cl.models.modality_subsets import Subset, all_nonempty, full, policy_pairs, subset_name
-from clap4cl.models.multimodal import as_multimodal
+from clap4cl.models.multimodal import as_multimodal, step_features
 
 METRIC_PAIRS = ("leave_one_out", "all_nested")
 
@@ -228,7 +228,7 @@ class ModalityReliabilityMetric(_DictMetric):
             self._pairs = metric_pairs(model, self.pairs)
             self._subsets = evaluation_subsets(model, self._pairs)
             self._acc = ReliabilityAccumulator(model.modality_names, self._pairs, self.margin)
-        feats = model.features_for(strategy.mb_x)
+        feats = step_features(strategy, model)
         self._acc.update(subset_log_probs(model, feats, self._subsets), strategy.mb_y)
 
     def __str__(self):
@@ -263,7 +263,7 @@ class AttributionShareMetric(_DictMetric):
         from strategies.plugins.attribution import attribution_shares
 
         model = as_multimodal(strategy.model)
-        feats = model.features_for(strategy.mb_x)
+        feats = step_features(strategy, model)
         names, shares = attribution_shares(model, feats, None, target_logit=self.target_logit,
                                            labels=strategy.mb_y)
         self._names = names

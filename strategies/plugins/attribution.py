@@ -18,7 +18,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
-from clap4cl.models.multimodal import as_multimodal
+from clap4cl.models.multimodal import as_multimodal, step_present
 
 from strategies.plugins.regularizer import RegularizerPlugin, step_features
 
@@ -132,7 +132,7 @@ class AttributionRegPlugin(RegularizerPlugin):
 
     def term(self, strategy) -> torch.Tensor:
         model, feats = step_features(strategy)
-        names, shares = attribution_shares(model, feats, model.last_present,
+        names, shares = attribution_shares(model, feats, step_present(strategy),
                                            target_logit=self.target_logit, labels=strategy.mb_y,
                                            scope=self.scope, create_graph=True)
         r = target_ratio(names, self.target).to(shares.device)

@@ -12,6 +12,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from clap4cl.models.multimodal import MultimodalModule, as_multimodal
+from clap4cl.models.multimodal import step_features as _step_features
 
 
 class RegularizerPlugin(SupervisedPlugin):
@@ -55,9 +56,9 @@ def record_loss_term(strategy, name: str, value: float) -> None:
 
 def step_features(strategy) -> Tuple[MultimodalModule, Dict[str, torch.Tensor]]:
     """(the strategy's multimodal model, the features of the current mini-batch), reusing
-    the features of the step's forward pass."""
+    those of the step's forward pass when the strategy keeps them (``mb_feats``)."""
     model = as_multimodal(strategy.model)
-    return model, model.features_for(strategy.mb_x)
+    return model, _step_features(strategy, model)
 
 
 class SubsetLogits:

@@ -206,11 +206,8 @@ class ClapModel(MultimodalModule, DynamicModule):
                         present: Optional[torch.Tensor] = None) -> ClapOutput:
         """All M sampled logits (M, B, C) plus μ, σ and the mean of ε.
 
-        ``present`` (default: ``present_override``) is a batch-wide modality mask."""
-        images = self.encode_once(x)["image"]
-        present = self.present_override if present is None else present
-        self.last_present = present
-        return self.sample(images, present, n_samples, context)
+        ``present`` is a batch-wide modality mask (None: every component)."""
+        return self.sample(self.encode(x)["image"], present, n_samples, context)
 
     def sample(self, images: torch.Tensor, present: Optional[torch.Tensor] = None,
                n_samples: Optional[int] = None, context: Optional[str] = None) -> ClapOutput:
@@ -269,14 +266,13 @@ class ClapModel(MultimodalModule, DynamicModule):
             images = self.null_image.expand_as(images)
         return images, guidance_on
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Mean over M samples of the logits, (B, C).
 
         The mean is linear in ε, so it is computed from one draw ε̄ ~ N(0, I/M): the
         same distribution as averaging M sampled logits.
         """
-        images, guidance = self._apply_mask(self.encode_once(x)["image"], self.present_override)
-        self.last_present = self.present_override
+        images, guidance = self._apply_mask(self.encode(x)["image"], present)
         h = self.refined_text(images, guidance=guidance)
         mu, sigma = self.heads(h)
         logits = self._scores(images, h + mu)
