@@ -14,7 +14,9 @@ from clap4cl.models.modality_subsets import (all_nested, all_nonempty, leave_one
                                       policy_pairs)
 from clap4cl.models.multi_encoder import MultiEncoderClassifier
 from clap4cl.models.multimodal import MultimodalClassifier, step_features, step_present
-from strategies import ModalityDropoutPlugin
+from clap4cl.evaluation.modality_metrics import LossTermsMetric
+from strategies import CMLPlugin, MADPlugin, ModalityDropoutPlugin
+from strategies.plugins.regularizer import record_loss_term
 from strategies.multimodal_step import MultimodalStep
 from strategies.plugins.attribution import attribution_shares, grad_x_input, shares_from_scores, target_ratio
 from strategies.plugins.cml import cml_hinge, confidence
@@ -141,6 +143,21 @@ def test_the_step_mask_is_an_argument_not_model_state():
     assert torch.allclose(model(x, only_a), expected, atol=1e-6)
     assert not torch.allclose(model(x), expected, atol=1e-3)  # no mask left behind
     assert not hasattr(model, "present_override")
+
+
+def test_regularisers_own_loss_terms_and_the_metric_only_reads_them():
+    cml, mad = CMLPlugin(), MADPlugin()
+    metric = LossTermsMetric()
+    strategy = SimpleNamespace(loss_terms={"cml": 9.0})
+    for values in ({"cml": 1.0, "mad": 4.0}, {"cml": 3.0}):
+        cml.before_training_iteration(strategy)
+        mad.before_training_iteration(strategy)
+        assert strategy.loss_terms == {}             # last iteration's terms are gone
+        for name, value in values.items():
+            record_loss_term(strategy, name, value)
+        metric.after_training_iteration(strategy)
+        assert strategy.loss_terms == values         # the metric left them alone
+    assert metric.result() == {"cml": 2.0, "mad": 4.0}
 
 
 def test_modality_dropout_writes_the_mask_on_the_strategy_and_refuses_stock_strategies():
@@ -446,8 +463,6 @@ def test_class_prior_probe_reports_newest_task_mass():
 
 
 def test_dropout_policies_draw_valid_masks():
-    from strategies import ModalityDropoutPlugin
-
     model = clap_stub()
     masks = ModalityDropoutPlugin(seed=0).sample(model, 300)
     kinds = {tuple(r.tolist()) for r in masks}

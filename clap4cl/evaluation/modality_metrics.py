@@ -295,7 +295,9 @@ class ClassPriorProbeMetric(_DictMetric):
 
 
 class LossTermsMetric(PluginMetric):
-    """Epoch mean of every regulariser term in ``strategy.loss_terms`` (training)."""
+    """Epoch mean of every regulariser term in ``strategy.loss_terms`` (training).
+
+    It only reads: the regulariser plugins empty ``loss_terms`` before every iteration."""
 
     def __init__(self):
         super().__init__()
@@ -315,7 +317,6 @@ class LossTermsMetric(PluginMetric):
         for name, value in (getattr(strategy, "loss_terms", None) or {}).items():
             self._sums[name] = self._sums.get(name, 0.0) + value
             self._counts[name] = self._counts.get(name, 0) + 1
-        strategy.loss_terms = {}
 
     def after_training_epoch(self, strategy):
         x = strategy.clock.train_iterations

@@ -2,7 +2,8 @@
 
 A :class:`RegularizerPlugin` adds ``weight · term(strategy)`` to ``strategy.loss`` in
 ``before_backward`` from its ``start_epoch`` on, and records the term's value in
-``strategy.loss_terms[name]`` (logged by ``clap4cl.evaluation.modality_metrics.LossTermsMetric``).
+``strategy.loss_terms[name]`` (read by ``clap4cl.evaluation.modality_metrics.LossTermsMetric``).
+The plugins own ``loss_terms``: they empty it at the start of every training iteration.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ class RegularizerPlugin(SupervisedPlugin):
 
     def active(self, strategy) -> bool:
         return strategy.clock.train_exp_epochs >= self.start_epoch
+
+    def before_training_iteration(self, strategy, **kwargs):
+        strategy.loss_terms = {}                  # this iteration's terms only
 
     def before_backward(self, strategy, **kwargs):
         if not self.weight or not self.active(strategy):
