@@ -71,18 +71,22 @@ class CLAP(MultimodalStep, ReplayTemplate):
         model.heads.set_trainable([newest])
         if model.vga is not None:
             model.vga.requires_grad_(True)
+            model.vga.train(model.training)
         self.finetuning = False
         self.regularized_tasks = list(range(newest + 1)) if self.regularize_all_tasks else [newest]
 
-    def after_main_phase(self, **kwargs) -> None:
+    def extra_epochs(self) -> int:
+        """``finetune_epochs`` from the second experience on (with a memory), else 0."""
         if self.memory is None or self.finetune_epochs == 0 or self.model.heads.n_tasks < 2:
-            return
-        self._finetune(**kwargs)
+            return 0
+        return self.finetune_epochs
 
-    def _finetune(self, **kwargs) -> None:
-        """Class-balanced finetuning: memory only, VGA frozen (eval mode), all heads train."""
+    def after_main_phase(self, **kwargs) -> None:
+        """Start class-balanced finetuning: memory only, VGA frozen (eval mode), all heads
+        train, at lr0 · finetune_lr_factor without warm-up. Its epochs are Avalanche
+        epochs of the experience (after the main ones); the next experience's
+        ``prepare_main_phase`` unfreezes the VGA again."""
         model = self.model
-        model.train()
         if model.vga is not None:
             model.vga.requires_grad_(False)
             model.vga.eval()
@@ -93,11 +97,6 @@ class CLAP(MultimodalStep, ReplayTemplate):
         self.dataloader = self._shuffled_loader(self.memory.buffer.train())
         steps = self.finetune_epochs * len(self.dataloader)
         self.set_optimizer(self.lr * self.finetune_lr_factor, steps, warmup_steps=0)
-        for _ in range(self.finetune_epochs):
-            self.training_epoch(**kwargs)
-        self.finetuning = False
-        if model.vga is not None:
-            model.vga.train()
 
     # -------------------------------------------------------------- step
     def forward(self):

@@ -115,6 +115,36 @@ def test_main_phase_trains_vga_and_newest_head_finetuning_only_heads(bench):
         assert not torch.equal(tune[0]["heads"][k], tune[-1]["heads"][k])
 
 
+class EpochCounter(SupervisedPlugin):
+    """Per experience: the epochs plugins see, with the phase and the clock at each."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = {}
+
+    def after_training_epoch(self, strategy, **kwargs):
+        exp = strategy.experience.current_experience
+        self.epochs.setdefault(exp, []).append((strategy.clock.train_exp_epochs,
+                                                strategy.finetuning, strategy.dataloader))
+
+
+def test_finetuning_epochs_are_avalanche_epochs_plugins_and_the_clock_see(bench):
+    counter = EpochCounter()
+    config = small_config()
+    config["clap"].update(epochs=2, finetune_epochs=3)
+    strategy = make_strategy(bench, config, plugins=[counter], evaluator=quiet_evaluator())
+    run_stream(strategy, bench, stop=3)
+    assert [phase for _, phase, _ in counter.epochs[0]] == [False, False]   # no memory yet
+    for exp in (1, 2):
+        seen = counter.epochs[exp]
+        assert [phase for _, phase, _ in seen] == [False] * 2 + [True] * 3    # 2 + 3 epochs
+        assert [clock for clock, _, _ in seen] == [0, 1, 2, 3, 4]          # counted before the increment
+        loaders = [loader for _, _, loader in seen]
+        assert loaders[0] is loaders[1] and all(loader is loaders[2] for loader in loaders[3:])
+        assert loaders[2] is not loaders[0]                                 # the memory's loader
+    assert strategy.clock.train_exp_epochs == 5                             # the last experience's
+
+
 def test_clap_loss_is_the_mean_per_sample_ce_plus_weighted_regularisers(bench):
     model = assemble.build_clap_model(small_config(), bench.text_features, 100.0)
     model.train()
