@@ -305,3 +305,44 @@ def test_image_inputs_go_through_the_encoder():
     model.image_encoder = None
     with pytest.raises(ValueError, match="image_encoder"):
         model(images)
+
+
+def models_with_an_image_encoder(encoder):
+    from clap4cl import CLIPAdapterModel, ZeroShotClassifier
+
+    dim = encoder.embed_dim
+    text = text_stats(n_classes=4, dim=dim)
+    clap = ClapModel(text, 10.0, vga_ffn_dim=16, variational=False, image_encoder=encoder)
+    adapter = CLIPAdapterModel(text.normalized, 10.0, image_encoder=encoder)
+    zeroshot = ZeroShotClassifier(text.normalized, 10.0, image_encoder=encoder)
+    for model in (clap, adapter, zeroshot):
+        model.train()
+        model.adaptation(experience([0, 1]))
+        model.eval()
+    return {"clap": clap, "adapter": adapter, "zeroshot": zeroshot}
+
+
+@pytest.mark.parametrize("kind", ["clap", "adapter", "zeroshot"])
+def test_the_frozen_encoder_is_in_no_state_dict_nor_parameters(kind, tiny_backbone):
+    model = models_with_an_image_encoder(tiny_backbone)[kind]
+    encoder = {t.data_ptr() for t in [*tiny_backbone.parameters(), *tiny_backbone.buffers()]}
+    state = model.state_dict()
+    assert not [k for k in state if k.startswith("image_encoder") or ".model.visual." in k]
+    assert not [k for k, v in state.items() if torch.is_tensor(v) and v.data_ptr() in encoder]
+    assert not [p for p in model.parameters() if p.data_ptr() in encoder]
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in tiny_backbone.parameters())
+    images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size)
+    logits = model(images)                                  # images still go through it
+    features = tiny_backbone.encode_images(images)
+    assert logits.shape == (2, 2) and torch.allclose(logits, model(features), atol=1e-5)
+
+
+def test_device_moves_reach_the_frozen_encoder_and_dtype_moves_do_not():
+    from clap4cl import load_clip
+
+    encoder = load_clip("tiny-vit")                         # its own: it is moved below
+    model = models_with_an_image_encoder(encoder)["clap"]
+    model.to(torch.float64)
+    assert model.class_features.dtype == torch.float64 and encoder.dtype == torch.float32
+    model.to("meta")
+    assert model.class_features.device.type == "meta" and encoder.device.type == "meta"

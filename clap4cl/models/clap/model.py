@@ -22,6 +22,7 @@ from clap4cl import distributed
 from clap4cl.encoders.text_features import ClassTextFeatures
 from clap4cl.models.clap.layers import CONTEXTS, GaussianTaskHeads, VisualGuidedAttention
 from clap4cl.models.clap.losses import language_init
+from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
 from clap4cl.models.multimodal import MultimodalModule
 
 LANGUAGE_INIT_CLASSES = ("all", "new")
@@ -53,7 +54,7 @@ class ClapOutput:
         return self.mu if self.sigma is None else self.mu + self.sigma * self.eps_mean
 
 
-class ClapModel(MultimodalModule, DynamicModule):
+class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
     """CLAP4CLIP as an Avalanche dynamic module over frozen CLIP features.
 
     It grows one probabilistic head per training experience (language-initialised from
@@ -74,7 +75,8 @@ class ClapModel(MultimodalModule, DynamicModule):
         train_context, eval_context: VGA context in train and eval mode (``batch`` or
             ``per_image``). In data-parallel training under torchrun the ``batch``
             context is the global batch: the image features of every rank's share.
-        image_encoder: optional frozen ``FrozenCLIP`` for image inputs (B, 3, H, W).
+        image_encoder: optional frozen ``FrozenCLIP`` for image inputs (B, 3, H, W), never
+            in ``state_dict`` or ``parameters`` (see :mod:`clap4cl.models.frozen_encoder`).
 
     As a :class:`clap4cl.models.multimodal.MultimodalModule` its removable components are the
     ``image`` (replaced by the null image of :meth:`set_null_image`, e.g. the frozen
@@ -119,7 +121,7 @@ class ClapModel(MultimodalModule, DynamicModule):
         self.language_init_classes = language_init_classes
         self.train_context = train_context
         self.eval_context = eval_context
-        object.__setattr__(self, "image_encoder", image_encoder)  # frozen: not a submodule
+        self.set_image_encoder(image_encoder)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -170,12 +172,7 @@ class ClapModel(MultimodalModule, DynamicModule):
     # ------------------------------------------------------------------ forward
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised fp32 image features of images (B, 3, H, W) or features (B, D)."""
-        if x.dim() == 4:
-            if self.image_encoder is None:
-                raise ValueError("image inputs need an image_encoder; pass features (B, D) otherwise")
-            with torch.no_grad():
-                x = self.image_encoder.encode_images(x)
-        return F.normalize(x.float(), dim=-1)
+        return F.normalize(self.image_features(x).float(), dim=-1)
 
     def encode(self, x: torch.Tensor):
         return {"image": self.encode_images(x)}
