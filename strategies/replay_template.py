@@ -80,8 +80,10 @@ class ReplayTemplate(SupervisedTemplate):
     def train_dataset_adaptation(self, **kwargs):
         """New data concatenated with the memory (the reference's ER)."""
         data = self.experience.dataset.train()
-        replay = self.memory.buffer if self.memory is not None else None
-        self.adapted_dataset = data if replay is None else data.concat(replay.train())
+        if self.memory is None or len(self.memory) == 0:
+            self.adapted_dataset = data
+        else:
+            self.adapted_dataset = data.concat(self.memory.buffer.train())
 
     def make_train_dataloader(self, num_workers=0, shuffle=True, **kwargs):
         self.dataloader = self._shuffled_loader(self.adapted_dataset, num_workers)
@@ -155,7 +157,7 @@ class ReplayTemplate(SupervisedTemplate):
         if self.memory is None:
             return
         was_training = self.model.training
-        self.memory.update(self)
+        self.memory.post_adapt(self, self.experience)
         self.memory.exemplars = distributed.broadcast_object(self.memory.exemplars)
         self.model.train(was_training)
 

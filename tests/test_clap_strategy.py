@@ -173,7 +173,7 @@ def test_fixed_total_memory_shrinks_per_class_budget_and_first_k_is_nested(bench
     memory = ClassBalancedMemory("fixed_total", size=30, selector=FirstKExemplarsSelection())
     previous = {}
     for t, experience in enumerate(bench.train_stream):
-        memory.update(FakeStrategy(experience))
+        memory.post_adapt(FakeStrategy(experience), experience)
         n_seen = 2 * (t + 1)
         budget = 30 // n_seen
         assert memory.class_budget(n_seen) == budget
@@ -196,7 +196,7 @@ def test_per_class_memory_keeps_k_per_class_and_random_selection_is_seeded(bench
         RNGManager.set_random_seeds(seed)
         memory = ClassBalancedMemory("per_class", per_class=7)
         for experience in bench.train_stream[:3]:
-            memory.update(FakeStrategy(experience))
+            memory.post_adapt(FakeStrategy(experience), experience)
         return memory
 
     a, b, c = select(0), select(0), select(1)
@@ -205,6 +205,22 @@ def test_per_class_memory_keeps_k_per_class_and_random_selection_is_seeded(bench
     first_k = [int(i) for i in np.flatnonzero(
         np.asarray(list(bench.train_stream[0].dataset.targets)) == 0)[:7]]
     assert a.exemplars[0][1] != first_k
+
+
+def test_memory_is_an_avalanche_storage_policy_without_deprecated_calls(bench):
+    from avalanche.training.storage_policy import ExemplarsBuffer
+
+    memory = ClassBalancedMemory("fixed_total", size=30, selector=FirstKExemplarsSelection())
+    assert isinstance(memory, ExemplarsBuffer) and len(memory.buffer) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for experience in bench.train_stream[:3]:
+            memory.post_adapt(FakeStrategy(experience), experience)
+        before = {c: idx for c, (_, idx) in memory.exemplars.items()}
+        memory.resize(FakeStrategy(None), 12)                 # 6 classes: 2 each
+        assert len(memory.buffer) == 12 == len(memory) == memory.max_size
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert {c: idx for c, (_, idx) in memory.exemplars.items()} == {c: i[:2] for c, i in before.items()}
 
 
 def test_unknown_selector_and_policy_are_clear_errors():
