@@ -130,8 +130,8 @@ class _MethodForward(torch.nn.Module):
         self.model = model
         self.method = method
 
-    def forward(self, x):
-        return getattr(self.model, self.method)(x)
+    def forward(self, x, *args):
+        return getattr(self.model, self.method)(x, *args)
 
 
 def data_parallel(model: torch.nn.Module, method: str = "forward"):

@@ -1,7 +1,8 @@
 """CML, MAR, MAD and attribution regularisation on a stock Avalanche strategy.
 
 Trains a multi-encoder classifier (modality a informative, modality b weak) with
-Avalanche's ``Naive`` + ``ReplayPlugin`` on the same two-experience stream: modality
+Avalanche's ``Naive`` (with ``multimodal``: its forward passes the dropout mask and
+keeps the step's features) + ``ReplayPlugin`` on the same two-experience stream: modality
 dropout alone, then dropout + each regulariser, and prints the violation ranking rate, the
 per-subset accuracies and the attribution share of modality a, one row per setting.
 
@@ -21,6 +22,7 @@ from clap4cl.evaluation.modality_metrics import modality_plugin_metrics
 from clap4cl.models.multi_encoder import MultiEncoderClassifier
 from strategies import (AttributionRegPlugin, CMLPlugin, MADPlugin, MARPlugin,
                         ModalityDropoutPlugin)
+from strategies.multimodal_step import multimodal
 
 STREAM = "eval_phase/test_stream"
 
@@ -43,10 +45,11 @@ def run(plugins, benchmark, epochs: int, seed: int):
     with warnings.catch_warnings(record=True):  # no loggers: the table is the output
         evaluator = EvaluationPlugin(*modality_plugin_metrics(experience=False, attribution=True),
                                      loggers=[])
-    strategy = Naive(model=model, optimizer=torch.optim.Adam(model.parameters(), 3e-3),
-                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=128,
-                     train_epochs=epochs, eval_mb_size=512, evaluator=evaluator,
-                     plugins=[ModalityDropoutPlugin(seed=seed), *plugins, ReplayPlugin(mem_size=200)])
+    strategy = multimodal(Naive)(model=model, optimizer=torch.optim.Adam(model.parameters(), 3e-3),
+                                 criterion=torch.nn.CrossEntropyLoss(), train_mb_size=128,
+                                 train_epochs=epochs, eval_mb_size=512, evaluator=evaluator,
+                                 plugins=[ModalityDropoutPlugin(seed=seed), *plugins,
+                                          ReplayPlugin(mem_size=200)])
     with warnings.catch_warnings(record=True):  # ReplayPlugin warns about its own deprecated API
         for experience in benchmark.train_stream:
             strategy.train(experience)

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from clap4cl.models.clap import ClapModel, ClapOutput, kl_loss, language_loss
 
 from strategies.exemplars import ClassBalancedMemory
+from strategies.multimodal_step import MultimodalStep
 from strategies.replay_template import ReplayTemplate
 
 
-class CLAP(ReplayTemplate):
+class CLAP(MultimodalStep, ReplayTemplate):
     """The CLAP strategy. All arguments are keyword-only; defaults are the reference's.
 
     Args:
@@ -36,7 +37,7 @@ class CLAP(ReplayTemplate):
         train_mb_size, eval_mb_size: batch sizes (the training batch is the VGA context).
     """
 
-    train_method = "forward_samples"
+    train_method = "sample"
 
     def __init__(self, *, model: ClapModel, memory: Optional[ClassBalancedMemory] = None,
                  train_epochs: int = 5, finetune_epochs: int = 2, lr: float = 1.6e-3,
@@ -70,18 +71,22 @@ class CLAP(ReplayTemplate):
         model.heads.set_trainable([newest])
         if model.vga is not None:
             model.vga.requires_grad_(True)
+            model.vga.train(model.training)
         self.finetuning = False
         self.regularized_tasks = list(range(newest + 1)) if self.regularize_all_tasks else [newest]
 
-    def after_main_phase(self, **kwargs) -> None:
+    def extra_epochs(self) -> int:
+        """``finetune_epochs`` from the second experience on (with a memory), else 0."""
         if self.memory is None or self.finetune_epochs == 0 or self.model.heads.n_tasks < 2:
-            return
-        self._finetune(**kwargs)
+            return 0
+        return self.finetune_epochs
 
-    def _finetune(self, **kwargs) -> None:
-        """Class-balanced finetuning: memory only, VGA frozen (eval mode), all heads train."""
+    def after_main_phase(self, **kwargs) -> None:
+        """Start class-balanced finetuning: memory only, VGA frozen (eval mode), all heads
+        train, at lr0 · finetune_lr_factor without warm-up. Its epochs are Avalanche
+        epochs of the experience (after the main ones); the next experience's
+        ``prepare_main_phase`` unfreezes the VGA again."""
         model = self.model
-        model.train()
         if model.vga is not None:
             model.vga.requires_grad_(False)
             model.vga.eval()
@@ -92,17 +97,16 @@ class CLAP(ReplayTemplate):
         self.dataloader = self._shuffled_loader(self.memory.buffer.train())
         steps = self.finetune_epochs * len(self.dataloader)
         self.set_optimizer(self.lr * self.finetune_lr_factor, steps, warmup_steps=0)
-        for _ in range(self.finetune_epochs):
-            self.training_epoch(**kwargs)
-        self.finetuning = False
-        if model.vga is not None:
-            model.vga.train()
 
     # -------------------------------------------------------------- step
     def forward(self):
         """Mean-over-samples logits; the M samples stay in ``clap_output`` (and, in
-        evaluation, in ``mb_sample_logits`` (B, M, C) for uncertainty metrics)."""
-        self.clap_output = self.model_forward(self.mb_x)
+        evaluation, in ``mb_sample_logits`` (B, M, C) for uncertainty metrics).
+
+        The batch is encoded once (``mb_feats``, for the plugins of the step) and sampled
+        with the step's modality mask ``mb_present``."""
+        self.mb_feats = self.model.encode(self.mb_x)
+        self.clap_output = self.model_forward(self.mb_feats["image"], self.mb_present)
         if not self.is_training:
             self.mb_sample_logits = self.clap_output.logits.detach().transpose(0, 1)
         return self.clap_output.mean_logits

@@ -7,9 +7,12 @@ import torch
 from avalanche.training import Naive
 from avalanche.training.plugins import ReplayPlugin
 
+from strategies.multimodal_step import MultimodalStep
 
-class AdamNaive(Naive):
-    """``Naive`` with an Adam optimizer that survives Avalanche's dill checkpoints.
+
+class AdamNaive(MultimodalStep, Naive):
+    """``Naive`` with an Adam optimizer that survives Avalanche's dill checkpoints; its
+    forward encodes each batch once and passes the step's modality mask (``MultimodalStep``).
 
     Adam itself cannot be pickled with current dependencies (a ``typing_extensions``
     sentinel), so a checkpoint stores its ``state_dict`` and the names of the parameters
@@ -23,7 +26,7 @@ class AdamNaive(Naive):
         self.lr = float(lr)
 
     def __getstate__(self):
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         names = {id(p): n for n, p in self.model.named_parameters()}
         state["optimizer"] = {
             "groups": [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups],

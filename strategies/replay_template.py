@@ -38,8 +38,12 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_factor: float) -> Cal
 class ReplayTemplate(SupervisedTemplate):
     """SupervisedTemplate with the reference's replay, optimizer and schedule.
 
-    Subclasses choose what is trainable (``trainable_parameters``) and may add work
-    after the main phase (``after_main_phase``).
+    Subclasses choose what is trainable (``trainable_parameters``) and may add epochs
+    after the main phase and the memory update (``extra_epochs`` and
+    ``after_main_phase``, e.g. CLAP's finetuning). Every epoch of an experience, extra
+    ones included, runs through Avalanche's epoch loop, so plugins get their
+    ``before/after_training_epoch`` callbacks and ``clock.train_exp_epochs`` counts them:
+    ``train_epochs`` is set per experience to ``main_epochs + extra_epochs()``.
 
     Under ``torchrun`` (see ``clap4cl.distributed``) training is data-parallel: each rank
     draws ``train_mb_size / world_size`` samples of every global batch from a shared
@@ -61,6 +65,7 @@ class ReplayTemplate(SupervisedTemplate):
         super().__init__(model=model, optimizer=None, criterion=torch.nn.CrossEntropyLoss(),
                          train_mb_size=train_mb_size, train_epochs=train_epochs,
                          eval_mb_size=eval_mb_size, device=device, plugins=list(plugins), **kwargs)
+        self.main_epochs = int(train_epochs)
         self.lr = float(lr)
         self.warmup_fraction = float(warmup_fraction)
         self.min_lr_factor = float(min_lr_factor)
@@ -75,8 +80,10 @@ class ReplayTemplate(SupervisedTemplate):
     def train_dataset_adaptation(self, **kwargs):
         """New data concatenated with the memory (the reference's ER)."""
         data = self.experience.dataset.train()
-        replay = self.memory.buffer if self.memory is not None else None
-        self.adapted_dataset = data if replay is None else data.concat(replay.train())
+        if self.memory is None or len(self.memory) == 0:
+            self.adapted_dataset = data
+        else:
+            self.adapted_dataset = data.concat(self.memory.buffer.train())
 
     def make_train_dataloader(self, num_workers=0, shuffle=True, **kwargs):
         self.dataloader = self._shuffled_loader(self.adapted_dataset, num_workers)
@@ -101,10 +108,13 @@ class ReplayTemplate(SupervisedTemplate):
         self.model = self.model_adaptation()
         self.prepare_main_phase()
         self.make_optimizer()
+        self.train_epochs = self.main_epochs + self.extra_epochs()
+        if self.main_epochs == 0:
+            self.update_memory()
 
     def make_optimizer(self, **kwargs):
         """A fresh SGD (no momentum, no weight decay) and schedule for the main phase."""
-        steps = self.train_epochs * len(self.dataloader)
+        steps = self.main_epochs * len(self.dataloader)
         self.set_optimizer(self.lr, steps, int(self.warmup_fraction * steps))
 
     def set_optimizer(self, lr: float, total_steps: int, warmup_steps: int) -> None:
@@ -115,11 +125,11 @@ class ReplayTemplate(SupervisedTemplate):
         # DDP registers the parameters that train now, so it is rebuilt with every phase.
         self.ddp_model = distributed.data_parallel(self.model, self.train_method)
 
-    def model_forward(self, x):
-        """``model.<train_method>(x)``; through DDP while training under torchrun."""
+    def model_forward(self, x, *args):
+        """``model.<train_method>(x, *args)``; through DDP while training under torchrun."""
         if self.is_training and self.ddp_model is not None:
-            return self.ddp_model(x)
-        return getattr(self.model, self.train_method)(x)
+            return self.ddp_model(x, *args)
+        return getattr(self.model, self.train_method)(x, *args)
 
     def forward(self):
         return self.model_forward(self.mb_x)
@@ -129,17 +139,34 @@ class ReplayTemplate(SupervisedTemplate):
         self.scheduler.step()
 
     # -------------------------------------------------------------- phases
-    def _train_exp(self, experience, eval_streams=None, **kwargs):
-        super()._train_exp(experience, eval_streams, **kwargs)
-        if self.memory is not None:
-            was_training = self.model.training
-            self.memory.update(self)
-            self.memory.exemplars = distributed.broadcast_object(self.memory.exemplars)
-            self.model.train(was_training)
-        self.after_main_phase(**kwargs)
+    def training_epoch(self, **kwargs):
+        """One epoch of the main phase or of the extra phase that follows it.
+
+        The memory is updated right after the last main epoch; the first extra epoch
+        starts with ``after_main_phase``. Avalanche's own ``_train_exp`` runs the loop.
+        """
+        epoch = self.clock.train_exp_epochs
+        if epoch == self.main_epochs:
+            self.after_main_phase(**kwargs)
+        super().training_epoch(**kwargs)
+        if epoch + 1 == self.main_epochs:
+            self.update_memory()
+
+    def update_memory(self) -> None:
+        """Add the experience's classes to the memory (the same on every rank)."""
+        if self.memory is None:
+            return
+        was_training = self.model.training
+        self.memory.post_adapt(self, self.experience)
+        self.memory.exemplars = distributed.broadcast_object(self.memory.exemplars)
+        self.model.train(was_training)
+
+    def extra_epochs(self) -> int:
+        """Epochs after the main phase in the current experience (none by default)."""
+        return 0
 
     def after_main_phase(self, **kwargs) -> None:
-        """Work after the memory update of each experience (e.g. finetuning)."""
+        """Set up the extra epochs (called once, before the first of them)."""
 
     # -------------------------------------------------------------- checkpoints
     def __getstate__(self):
@@ -151,3 +178,8 @@ class ReplayTemplate(SupervisedTemplate):
         state = self.__dict__.copy()
         state["optimizer"] = state["scheduler"] = state["ddp_model"] = None
         return state
+
+    def __setstate__(self, state):
+        # checkpoints written before the extra epochs ran through Avalanche's loop
+        state.setdefault("main_epochs", state["train_epochs"])
+        self.__dict__.update(state)

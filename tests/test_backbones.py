@@ -1,5 +1,6 @@
 """Frozen open_clip backbones: weights from files, frozen encoders, preprocessing, bad input."""
 import hashlib
+import logging
 
 import numpy as np
 import open_clip
@@ -196,3 +197,35 @@ def test_file_hash_is_recomputed_when_the_file_changes(tmp_path):
     assert backbones.file_sha256(path) == hashlib.sha256(b"abc").hexdigest()
     path.write_bytes(b"abcd")
     assert backbones.file_sha256(path) == hashlib.sha256(b"abcd").hexdigest()
+
+
+def test_loading_random_weights_leaves_the_root_logger_alone(monkeypatch):
+    root = logging.getLogger()
+    records, levels_inside = [], []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    create = open_clip.create_model
+
+    def create_and_look(*args, **kwargs):
+        levels_inside.append(root.level)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(backbones.open_clip, "create_model", create_and_look)
+    handler = Capture(level=logging.DEBUG)
+    previous_level, previous_filters = root.level, list(root.filters)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        load_clip("tiny-vit")
+        logging.warning("a warning of the user's own")
+    finally:
+        root.removeHandler(handler)
+        level_after = root.level
+        root.setLevel(previous_level)
+    assert levels_inside == [logging.INFO] and level_after == logging.INFO
+    assert root.filters == previous_filters
+    assert not any("initialized randomly" in message for message in records)
+    assert "a warning of the user's own" in records

@@ -155,6 +155,20 @@ def test_single_template_initialises_without_nan():
     assert torch.isfinite(model(torch.randn(3, DIM))).all()
 
 
+def looped_heads(heads, h):
+    """The heads' (μ, σ) computed task by task with a Python loop: the oracle of the batched
+    product (``benchmarks/bench_clap.py`` times the same loop)."""
+    mus, sigmas, start = [], [], 0
+    for k, size in enumerate(heads.sizes):
+        part = h[..., start:start + size, :]
+        mus.append(part @ heads.mu_weight[k].T + heads.mu_bias[k])
+        if heads.variational:
+            pre = part @ heads.sigma_weight[k].T + heads.sigma_bias[k]
+            sigmas.append(0.999 * F.softplus(pre) + 0.001)
+        start += size
+    return torch.cat(mus, dim=-2), torch.cat(sigmas, dim=-2) if heads.variational else None
+
+
 def test_batched_heads_equal_per_task_loop_with_unequal_tasks():
     torch.manual_seed(4)
     heads = GaussianTaskHeads(DIM)
@@ -162,7 +176,7 @@ def test_batched_heads_equal_per_task_loop_with_unequal_tasks():
         heads.add_task(size)
     for h in (torch.randn(10, DIM), torch.randn(6, 10, DIM)):
         mu, sigma = heads(h)
-        mu_loop, sigma_loop = heads.forward_looped(h)
+        mu_loop, sigma_loop = looped_heads(heads, h)
         assert torch.allclose(mu, mu_loop, atol=1e-5)
         assert torch.allclose(sigma, sigma_loop, atol=1e-5)
         assert (sigma > 0.001 - 1e-7).all()
@@ -185,14 +199,14 @@ def test_cached_head_stacks_follow_parameter_updates():
         heads.mu_weight[0].add_(1.0)                      # e.g. an optimizer step
         heads.sigma_bias[1].mul_(2.0)
         mu, sigma = heads(h)
-    mu_loop, sigma_loop = heads.forward_looped(h)
+    mu_loop, sigma_loop = looped_heads(heads, h)
     assert torch.allclose(mu, mu_loop, atol=1e-5) and torch.allclose(sigma, sigma_loop, atol=1e-5)
     other = GaussianTaskHeads(DIM)
     for size in (2, 3):
         other.add_task(size)
     with torch.no_grad():
         heads.load_state_dict(other.state_dict())
-        assert torch.allclose(heads(h)[0], other.forward_looped(h)[0], atol=1e-5)
+        assert torch.allclose(heads(h)[0], looped_heads(other, h)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("context", ["batch", "per_image"])
@@ -291,3 +305,44 @@ def test_image_inputs_go_through_the_encoder():
     model.image_encoder = None
     with pytest.raises(ValueError, match="image_encoder"):
         model(images)
+
+
+def models_with_an_image_encoder(encoder):
+    from clap4cl import CLIPAdapterModel, ZeroShotClassifier
+
+    dim = encoder.embed_dim
+    text = text_stats(n_classes=4, dim=dim)
+    clap = ClapModel(text, 10.0, vga_ffn_dim=16, variational=False, image_encoder=encoder)
+    adapter = CLIPAdapterModel(text.normalized, 10.0, image_encoder=encoder)
+    zeroshot = ZeroShotClassifier(text.normalized, 10.0, image_encoder=encoder)
+    for model in (clap, adapter, zeroshot):
+        model.train()
+        model.adaptation(experience([0, 1]))
+        model.eval()
+    return {"clap": clap, "adapter": adapter, "zeroshot": zeroshot}
+
+
+@pytest.mark.parametrize("kind", ["clap", "adapter", "zeroshot"])
+def test_the_frozen_encoder_is_in_no_state_dict_nor_parameters(kind, tiny_backbone):
+    model = models_with_an_image_encoder(tiny_backbone)[kind]
+    encoder = {t.data_ptr() for t in [*tiny_backbone.parameters(), *tiny_backbone.buffers()]}
+    state = model.state_dict()
+    assert not [k for k in state if k.startswith("image_encoder") or ".model.visual." in k]
+    assert not [k for k, v in state.items() if torch.is_tensor(v) and v.data_ptr() in encoder]
+    assert not [p for p in model.parameters() if p.data_ptr() in encoder]
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in tiny_backbone.parameters())
+    images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size)
+    logits = model(images)                                  # images still go through it
+    features = tiny_backbone.encode_images(images)
+    assert logits.shape == (2, 2) and torch.allclose(logits, model(features), atol=1e-5)
+
+
+def test_device_moves_reach_the_frozen_encoder_and_dtype_moves_do_not():
+    from clap4cl import load_clip
+
+    encoder = load_clip("tiny-vit")                         # its own: it is moved below
+    model = models_with_an_image_encoder(encoder)["clap"]
+    model.to(torch.float64)
+    assert model.class_features.dtype == torch.float64 and encoder.dtype == torch.float32
+    model.to("meta")
+    assert model.class_features.device.type == "meta" and encoder.device.type == "meta"

@@ -115,6 +115,36 @@ def test_main_phase_trains_vga_and_newest_head_finetuning_only_heads(bench):
         assert not torch.equal(tune[0]["heads"][k], tune[-1]["heads"][k])
 
 
+class EpochCounter(SupervisedPlugin):
+    """Per experience: the epochs plugins see, with the phase and the clock at each."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = {}
+
+    def after_training_epoch(self, strategy, **kwargs):
+        exp = strategy.experience.current_experience
+        self.epochs.setdefault(exp, []).append((strategy.clock.train_exp_epochs,
+                                                strategy.finetuning, strategy.dataloader))
+
+
+def test_finetuning_epochs_are_avalanche_epochs_plugins_and_the_clock_see(bench):
+    counter = EpochCounter()
+    config = small_config()
+    config["clap"].update(epochs=2, finetune_epochs=3)
+    strategy = make_strategy(bench, config, plugins=[counter], evaluator=quiet_evaluator())
+    run_stream(strategy, bench, stop=3)
+    assert [phase for _, phase, _ in counter.epochs[0]] == [False, False]   # no memory yet
+    for exp in (1, 2):
+        seen = counter.epochs[exp]
+        assert [phase for _, phase, _ in seen] == [False] * 2 + [True] * 3    # 2 + 3 epochs
+        assert [clock for clock, _, _ in seen] == [0, 1, 2, 3, 4]          # counted before the increment
+        loaders = [loader for _, _, loader in seen]
+        assert loaders[0] is loaders[1] and all(loader is loaders[2] for loader in loaders[3:])
+        assert loaders[2] is not loaders[0]                                 # the memory's loader
+    assert strategy.clock.train_exp_epochs == 5                             # the last experience's
+
+
 def test_clap_loss_is_the_mean_per_sample_ce_plus_weighted_regularisers(bench):
     model = assemble.build_clap_model(small_config(), bench.text_features, 100.0)
     model.train()
@@ -143,7 +173,7 @@ def test_fixed_total_memory_shrinks_per_class_budget_and_first_k_is_nested(bench
     memory = ClassBalancedMemory("fixed_total", size=30, selector=FirstKExemplarsSelection())
     previous = {}
     for t, experience in enumerate(bench.train_stream):
-        memory.update(FakeStrategy(experience))
+        memory.post_adapt(FakeStrategy(experience), experience)
         n_seen = 2 * (t + 1)
         budget = 30 // n_seen
         assert memory.class_budget(n_seen) == budget
@@ -166,7 +196,7 @@ def test_per_class_memory_keeps_k_per_class_and_random_selection_is_seeded(bench
         RNGManager.set_random_seeds(seed)
         memory = ClassBalancedMemory("per_class", per_class=7)
         for experience in bench.train_stream[:3]:
-            memory.update(FakeStrategy(experience))
+            memory.post_adapt(FakeStrategy(experience), experience)
         return memory
 
     a, b, c = select(0), select(0), select(1)
@@ -175,6 +205,22 @@ def test_per_class_memory_keeps_k_per_class_and_random_selection_is_seeded(bench
     first_k = [int(i) for i in np.flatnonzero(
         np.asarray(list(bench.train_stream[0].dataset.targets)) == 0)[:7]]
     assert a.exemplars[0][1] != first_k
+
+
+def test_memory_is_an_avalanche_storage_policy_without_deprecated_calls(bench):
+    from avalanche.training.storage_policy import ExemplarsBuffer
+
+    memory = ClassBalancedMemory("fixed_total", size=30, selector=FirstKExemplarsSelection())
+    assert isinstance(memory, ExemplarsBuffer) and len(memory.buffer) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for experience in bench.train_stream[:3]:
+            memory.post_adapt(FakeStrategy(experience), experience)
+        before = {c: idx for c, (_, idx) in memory.exemplars.items()}
+        memory.resize(FakeStrategy(None), 12)                 # 6 classes: 2 each
+        assert len(memory.buffer) == 12 == len(memory) == memory.max_size
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert {c: idx for c, (_, idx) in memory.exemplars.items()} == {c: i[:2] for c, i in before.items()}
 
 
 def test_unknown_selector_and_policy_are_clear_errors():

@@ -1,16 +1,23 @@
 """The multimodal protocol and the regularisers' math (spec regularizers.md 4.5, unit tests)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from avalanche.training import Naive
 
 from clap4cl import ClapModel
 from clap4cl.evaluation.modality_metrics import ReliabilityAccumulator, class_prior_probe, metric_pairs
 from clap4cl.models.modality_subsets import (all_nested, all_nonempty, leave_one_out, nested_chain,
                                       policy_pairs)
 from clap4cl.models.multi_encoder import MultiEncoderClassifier
-from clap4cl.models.multimodal import MultimodalClassifier
+from clap4cl.models.multimodal import MultimodalClassifier, step_features, step_present
+from clap4cl.evaluation.modality_metrics import LossTermsMetric
+from strategies import CMLPlugin, MADPlugin, ModalityDropoutPlugin
+from strategies.plugins.regularizer import record_loss_term
+from strategies.multimodal_step import MultimodalStep
 from strategies.plugins.attribution import attribution_shares, grad_x_input, shares_from_scores, target_ratio
 from strategies.plugins.cml import cml_hinge, confidence
 from strategies.plugins.mad import entropy_weights, mad_loss
@@ -98,14 +105,74 @@ def test_unseen_classes_are_masked():
     assert (logits[:, 2:] == -1000).all() and (logits[:, :2] > -1000).all()
 
 
-def test_feature_cache_encodes_once_per_step():
+def counting_encode(model):
+    """Wrap ``model.encode`` so the test sees how often the encoders run."""
+    calls = []
+    encode = model.encode
+
+    def counted(x):
+        calls.append(x)
+        return encode(x)
+
+    model.encode = counted
+    return calls
+
+
+def test_step_features_are_the_forward_features_of_a_multimodal_step_strategy():
     model = multi_encoder("concat")
+    calls = counting_encode(model)
     x = inputs()
-    model(x)
-    assert model.encode_calls == 1
-    assert model.features_for(x) is model.last_features and model.encode_calls == 1
-    model.features_for(x.clone())                       # another batch object: re-encoded
-    assert model.encode_calls == 2
+    strategy = SimpleNamespace(model=model, mb_x=x, mb_present=None)
+    MultimodalStep.forward(strategy)                    # the strategy's forward: one encode
+    assert len(calls) == 1 and step_features(strategy) is strategy.mb_feats
+    assert len(calls) == 1
+    stock = SimpleNamespace(model=model, mb_x=x)        # keeps no features: encoded again
+    assert torch.equal(step_features(stock)["a"], strategy.mb_feats["a"]) and len(calls) == 2
+    model(x)                                            # the model itself keeps no step state
+    assert len(calls) == 3 and not hasattr(model, "last_features")
+
+
+def test_the_step_mask_is_an_argument_not_model_state():
+    model = multi_encoder("late")
+    x = inputs()
+    only_a = torch.tensor([[True, False]]).expand(6, -1)
+    strategy = SimpleNamespace(model=model, mb_x=x, mb_present=only_a)
+    expected = model.heads["a"](model.encode(x)["a"]) + model.bias
+    assert torch.allclose(MultimodalStep.forward(strategy), expected, atol=1e-6)
+    assert step_present(strategy) is only_a
+    assert torch.allclose(model(x, only_a), expected, atol=1e-6)
+    assert not torch.allclose(model(x), expected, atol=1e-3)  # no mask left behind
+    assert not hasattr(model, "present_override")
+
+
+def test_regularisers_own_loss_terms_and_the_metric_only_reads_them():
+    cml, mad = CMLPlugin(), MADPlugin()
+    metric = LossTermsMetric()
+    strategy = SimpleNamespace(loss_terms={"cml": 9.0})
+    for values in ({"cml": 1.0, "mad": 4.0}, {"cml": 3.0}):
+        cml.before_training_iteration(strategy)
+        mad.before_training_iteration(strategy)
+        assert strategy.loss_terms == {}             # last iteration's terms are gone
+        for name, value in values.items():
+            record_loss_term(strategy, name, value)
+        metric.after_training_iteration(strategy)
+        assert strategy.loss_terms == values         # the metric left them alone
+    assert metric.result() == {"cml": 2.0, "mad": 4.0}
+
+
+def test_modality_dropout_writes_the_mask_on_the_strategy_and_refuses_stock_strategies():
+    model = multi_encoder("concat").train()
+    plugin = ModalityDropoutPlugin(seed=0)
+    strategy = SimpleNamespace(model=model, mb_y=torch.zeros(6, dtype=torch.long),
+                               accepts_modality_masks=True)
+    plugin.before_training(strategy)
+    plugin.before_forward(strategy)
+    assert strategy.mb_present.shape == (6, 2) and strategy.mb_present.any(1).all()
+    assert not strategy.mb_present.all()                # seed 0 draws a partial mask
+    plugin.after_training_iteration(strategy)
+    assert strategy.mb_present is None
+    with pytest.raises(TypeError, match=r"Naive does not: use strategies.multimodal_step.multimodal\(Naive\)"):
+        plugin.before_training(Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), 0.1)))
 
 
 def test_clap_masks_are_batch_wide_and_canonical():
@@ -396,8 +463,6 @@ def test_class_prior_probe_reports_newest_task_mass():
 
 
 def test_dropout_policies_draw_valid_masks():
-    from strategies import ModalityDropoutPlugin
-
     model = clap_stub()
     masks = ModalityDropoutPlugin(seed=0).sample(model, 300)
     kinds = {tuple(r.tolist()) for r in masks}

@@ -170,9 +170,23 @@ def _resolve_weights(arch: str, pretrained: Optional[str]):
     return f"tag:{pretrained}", pretrained
 
 
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's "Model initialized randomly" warning: random weights are asked for.
+
+    open_clip logs through the root logger (``logging.warning``), so there is no logger of
+    its own to quieten; this filter is attached to the root logger only while the model
+    is created and lets every other record through. The root logger's level is untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and "initialized randomly" in record.getMessage()
+                    and f"{os.sep}open_clip{os.sep}" in record.pathname)
+
+
 def _create_model(arch, source, precision, device, cache_dir):
-    previous = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # silence "initialized randomly" noise
+    notice = _RandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
     try:
         return open_clip.create_model(arch, pretrained=source, precision=precision,
                                       device=device, cache_dir=cache_dir)
@@ -182,7 +196,7 @@ def _create_model(arch, source, precision, device, cache_dir):
                             f"connect to the internet once, or pass a local checkpoint path") from exc
         raise
     finally:
-        logging.getLogger().setLevel(previous)
+        root.removeFilter(notice)
 
 
 def _test_transform(model):

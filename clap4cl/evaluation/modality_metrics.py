@@ -25,7 +25,7 @@ from avalanche.evaluation.metric_utils import stream_type
 from clap4cl.evaluation.attribution import attribution_shares, target_ratio
 from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.modality_subsets import Subset, all_nonempty, full, policy_pairs, subset_name
-from clap4cl.models.multimodal import as_multimodal
+from clap4cl.models.multimodal import as_multimodal, step_features
 
 
 
@@ -224,7 +224,7 @@ class ModalityReliabilityMetric(_DictMetric):
             self._pairs = metric_pairs(model, self.pairs)
             self._subsets = evaluation_subsets(model, self._pairs)
             self._acc = ReliabilityAccumulator(model.modality_names, self._pairs, self.margin)
-        feats = model.features_for(strategy.mb_x)
+        feats = step_features(strategy, model)
         self._acc.update(subset_log_probs(model, feats, self._subsets), strategy.mb_y)
 
     def __str__(self):
@@ -255,7 +255,7 @@ class AttributionShareMetric(_DictMetric):
 
     def after_eval_iteration(self, strategy):
         model = as_multimodal(strategy.model)
-        feats = model.features_for(strategy.mb_x)
+        feats = step_features(strategy, model)
         names, shares = attribution_shares(model, feats, None, target_logit=self.target_logit,
                                            labels=strategy.mb_y)
         self._names = names
@@ -287,7 +287,9 @@ class ClassPriorProbeMetric(_DictMetric):
 
 
 class LossTermsMetric(PluginMetric):
-    """Epoch mean of every regulariser term in ``strategy.loss_terms`` (training)."""
+    """Epoch mean of every regulariser term in ``strategy.loss_terms`` (training).
+
+    It only reads: the regulariser plugins empty ``loss_terms`` before every iteration."""
 
     def __init__(self):
         super().__init__()
@@ -307,7 +309,6 @@ class LossTermsMetric(PluginMetric):
         for name, value in (getattr(strategy, "loss_terms", None) or {}).items():
             self._sums[name] = self._sums.get(name, 0.0) + value
             self._counts[name] = self._counts.get(name, 0) + 1
-        strategy.loss_terms = {}
 
     def after_training_epoch(self, strategy):
         x = strategy.clock.train_iterations

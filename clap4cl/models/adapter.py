@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
+from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
 
-class CLIPAdapterModel(DynamicModule):
+
+class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
     """Zero-shot CLIP classifier with a trainable residual image adapter.
 
     Args:
@@ -21,7 +23,8 @@ class CLIPAdapterModel(DynamicModule):
         ratio: residual mixing weight of the adapter (0.2 in CLIP-Adapter).
         reduction: bottleneck reduction factor r (4: 512 → 128 → 512).
         reinit_each_experience: re-initialise the adapter when new classes arrive.
-        image_encoder: optional frozen ``FrozenCLIP`` for image inputs.
+        image_encoder: optional frozen ``FrozenCLIP`` for image inputs, never in
+            ``state_dict`` or ``parameters`` (see :mod:`clap4cl.models.frozen_encoder`).
     """
 
     def __init__(self, class_features: torch.Tensor, logit_scale: float, *, ratio: float = 0.2,
@@ -35,7 +38,7 @@ class CLIPAdapterModel(DynamicModule):
         self.adapter = nn.Sequential(nn.Linear(dim, dim // reduction, bias=False), nn.ReLU(),
                                      nn.Linear(dim // reduction, dim, bias=False), nn.ReLU())
         self.n_seen_classes = 0
-        object.__setattr__(self, "image_encoder", image_encoder)
+        self.set_image_encoder(image_encoder)
 
     def adaptation(self, experience) -> None:
         """Extend the label space; re-initialise the adapter for new classes if asked."""
@@ -49,12 +52,7 @@ class CLIPAdapterModel(DynamicModule):
         self.n_seen_classes = n_seen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            if self.image_encoder is None:
-                raise ValueError("image inputs need an image_encoder; pass features (B, D) otherwise")
-            with torch.no_grad():
-                x = self.image_encoder.encode_images(x)
-        image = F.normalize(x.float(), dim=-1)
+        image = F.normalize(self.image_features(x).float(), dim=-1)
         mixed = self.ratio * self.adapter(image) + (1 - self.ratio) * image
         return self.logit_scale * F.normalize(mixed, dim=-1) @ self.class_features[: self.n_seen_classes].T
 

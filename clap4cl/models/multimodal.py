@@ -9,7 +9,8 @@ ask for (CML's pairs, MAR's weak subsets, the per-subset metrics):
 
 ``softmax(head(...))`` is the model's predictive distribution over the seen classes.
 :class:`MultimodalModule` supplies the defaults: the mask checks, ``canonical`` masks
-under dependencies, the dropout mask override and the per-step feature reuse.
+under dependencies, and :func:`step_features` / :func:`step_present`, which read the
+features and the modality mask of a strategy's current mini-batch.
 """
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ class MultimodalModule(nn.Module):
             Grad×Input shares are always equal and attribution regularisation refuses it.
 
     Subclasses implement ``encode`` and ``head`` (and ``embed`` for MAD / MAR on fused
-    features). ``forward(x, present)`` equals ``head(encode(x), present)``; it uses
-    ``present_override`` (set by ``ModalityDropoutPlugin``) when ``present`` is None and
-    remembers the features so plugins reuse them in the same step (:meth:`features_for`).
+    features). ``forward(x, present)`` equals ``head(encode(x), present)``. The model keeps
+    no per-step state: the strategy owns the step's features and mask (see
+    :func:`step_features`).
     """
 
     modality_names: Tuple[str, ...] = ()
@@ -62,12 +63,6 @@ class MultimodalModule(nn.Module):
     allow_empty: bool = False
     null_mode: Mapping[str, str] = {}
     bilinear_logit: bool = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.present_override: Optional[torch.Tensor] = None
-        self.encode_calls = 0
-        self._forget()
 
     @property
     def n_modalities(self) -> int:
@@ -88,35 +83,7 @@ class MultimodalModule(nn.Module):
 
     # ------------------------------------------------------------ provided
     def forward(self, x, present: Optional[torch.Tensor] = None) -> torch.Tensor:
-        present = self.present_override if present is None else present
-        feats = self.encode_once(x)
-        self.last_present = present
-        return self.head(feats, present)
-
-    def encode_once(self, x) -> Dict[str, torch.Tensor]:
-        """``encode(x)``, remembered for :meth:`features_for` in the same step."""
-        feats = self.encode(x)
-        self.encode_calls += 1
-        self._last_input_id, self.last_features = id(x), feats
-        return feats
-
-    def features_for(self, x) -> Dict[str, torch.Tensor]:
-        """The features of ``x``: those of the last forward if it saw this very batch
-        object (Avalanche's ``strategy.mb_x``), else a new ``encode``."""
-        if self.last_features is not None and self._last_input_id == id(x):
-            return self.last_features
-        return self.encode_once(x)
-
-    def _forget(self) -> None:
-        self.last_features: Optional[Dict[str, torch.Tensor]] = None
-        self.last_present: Optional[torch.Tensor] = None
-        self._last_input_id = None
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state.update(last_features=None, last_present=None, _last_input_id=None,
-                     present_override=None)
-        return state
+        return self.head(self.encode(x), present)
 
     def canonical(self, present: torch.Tensor) -> torch.Tensor:
         """``present`` with every component whose prerequisite is absent switched off."""
@@ -155,3 +122,22 @@ def as_multimodal(model) -> MultimodalModule:
         return model
     raise TypeError(f"{type(model).__name__} does not implement clap4cl.MultimodalClassifier "
                     f"(modality_names, encode, head): wrap it in a MultimodalModule")
+
+
+def step_features(strategy, model=None) -> Dict[str, torch.Tensor]:
+    """The features of ``strategy``'s current mini-batch.
+
+    A strategy with ``strategies.multimodal_step.MultimodalStep`` encodes each mini-batch
+    once in its ``forward`` and keeps the result in ``strategy.mb_feats`` for the plugins
+    and metrics of the same step; any other strategy's batch is encoded again here.
+    """
+    feats = getattr(strategy, "mb_feats", None)
+    if feats is not None:
+        return feats
+    model = as_multimodal(strategy.model if model is None else model)
+    return model.encode(strategy.mb_x)
+
+
+def step_present(strategy) -> Optional[torch.Tensor]:
+    """The modality mask (B, M) the strategy's forward used this step (None: all present)."""
+    return getattr(strategy, "mb_present", None)

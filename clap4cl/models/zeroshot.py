@@ -7,8 +7,10 @@ import torch
 from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
+from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
 
-class ZeroShotClassifier(DynamicModule):
+
+class ZeroShotClassifier(FrozenImageEncoderMixin, DynamicModule):
     """logits = logit_scale · ⟨x̂, t_c⟩ over the classes seen so far.
 
     Args:
@@ -16,7 +18,8 @@ class ZeroShotClassifier(DynamicModule):
             label order (row c is label c).
         logit_scale: the CLIP temperature τ (exp of ``logit_scale``).
         image_encoder: optional frozen encoder used when inputs are images (B, 3, H, W)
-            rather than features (B, D).
+            rather than features (B, D); never in ``state_dict`` or ``parameters``
+            (see :mod:`clap4cl.models.frozen_encoder`).
     """
 
     def __init__(self, class_features: torch.Tensor, logit_scale: float,
@@ -24,7 +27,7 @@ class ZeroShotClassifier(DynamicModule):
         super().__init__()
         self.register_buffer("class_features", nn.functional.normalize(class_features.float(), dim=-1))
         self.logit_scale = float(logit_scale)
-        self.image_encoder = image_encoder
+        self.set_image_encoder(image_encoder)
         self.n_seen_classes = 0
 
     def adaptation(self, experience) -> None:
@@ -34,9 +37,5 @@ class ZeroShotClassifier(DynamicModule):
             self.n_seen_classes = max(self.n_seen_classes, max(classes) + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            if self.image_encoder is None:
-                raise ValueError("image inputs need an image_encoder; pass features (B, D) otherwise")
-            x = self.image_encoder.encode_images(x)
-        feats = nn.functional.normalize(x.float(), dim=-1)
+        feats = nn.functional.normalize(self.image_features(x).float(), dim=-1)
         return self.logit_scale * feats @ self.class_features[: self.n_seen_classes].T

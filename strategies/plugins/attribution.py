@@ -20,7 +20,7 @@ import torch
 
 from clap4cl.evaluation.attribution import (SCOPES, TARGET_LOGITS, attribution_shares,  # noqa: F401
                                             grad_x_input, shares_from_scores, target_ratio)
-from clap4cl.models.multimodal import as_multimodal
+from clap4cl.models.multimodal import as_multimodal, step_present
 
 from strategies.plugins.regularizer import RegularizerPlugin, step_features
 
@@ -56,7 +56,7 @@ class AttributionRegPlugin(RegularizerPlugin):
 
     def term(self, strategy) -> torch.Tensor:
         model, feats = step_features(strategy)
-        names, shares = attribution_shares(model, feats, model.last_present,
+        names, shares = attribution_shares(model, feats, step_present(strategy),
                                            target_logit=self.target_logit, labels=strategy.mb_y,
                                            scope=self.scope, create_graph=True)
         r = target_ratio(names, self.target).to(shares.device)

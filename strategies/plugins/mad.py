@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap4cl.models.multimodal import as_multimodal
+from clap4cl.models.multimodal import as_multimodal, step_present
 
 from strategies.plugins.cml import predictive_log_probs
 from strategies.plugins.regularizer import RegularizerPlugin, step_features
@@ -85,7 +85,7 @@ class MADPlugin(RegularizerPlugin):
 
     def term(self, strategy) -> torch.Tensor:
         model, feats = step_features(strategy)
-        student = model.embed(feats, model.last_present)
+        student = model.embed(feats, step_present(strategy))
         with torch.no_grad():
             if isinstance(self.teacher, str):
                 teacher_model, teacher_feats = model, feats

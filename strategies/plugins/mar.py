@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from clap4cl.models.modality_subsets import Subset, all_nonempty, batch_mask, full, leave_one_out
-from clap4cl.models.multimodal import as_multimodal
+from clap4cl.models.multimodal import as_multimodal, step_present
 
 from strategies.plugins.cml import predictive_log_probs
 from strategies.plugins.regularizer import RegularizerPlugin, step_features
@@ -200,7 +200,7 @@ class MARPlugin(RegularizerPlugin):
 
     def term(self, strategy) -> torch.Tensor:
         model, feats = step_features(strategy)
-        present = model.last_present
+        present = step_present(strategy)
         targets = strategy.mb_y
         if present is None:
             return targets.new_zeros((), dtype=torch.float)

@@ -14,7 +14,12 @@ POLICIES = ("uniform_nonempty", "bernoulli")
 
 
 class ModalityDropoutPlugin(SupervisedPlugin):
-    """Sets ``model.present_override`` to a random mask before each training forward.
+    """Draws a random modality mask before each training forward, for the strategy's forward.
+
+    The mask goes to ``strategy.mb_present``, which the forward of a
+    ``strategies.multimodal_step.MultimodalStep`` strategy (CLAP, the multi-encoder
+    baseline, ``multimodal(AnyAvalancheStrategy)``) passes to the model as ``present``;
+    the model itself is never changed. Other strategies are refused at ``before_training``.
 
     Args:
         policy: ``uniform_nonempty`` (each valid subset equally likely, as MMANet) or
@@ -38,27 +43,34 @@ class ModalityDropoutPlugin(SupervisedPlugin):
         self.train_only = train_only
         self.generator = torch.Generator().manual_seed(seed)
 
+    def before_training(self, strategy, **kwargs):
+        check_accepts_masks(strategy)
+
+    def before_eval(self, strategy, **kwargs):
+        if not self.train_only:
+            check_accepts_masks(strategy)
+
     def before_forward(self, strategy, **kwargs):
         self._set(strategy)
 
     def before_eval_forward(self, strategy, **kwargs):
         if self.train_only:
-            as_multimodal(strategy.model).present_override = None
+            strategy.mb_present = None
         else:
             self._set(strategy)
 
     def after_training_iteration(self, strategy, **kwargs):
-        as_multimodal(strategy.model).present_override = None
+        strategy.mb_present = None
 
     def after_eval_iteration(self, strategy, **kwargs):
-        as_multimodal(strategy.model).present_override = None
+        strategy.mb_present = None
 
     def _set(self, strategy) -> None:
         model = as_multimodal(strategy.model)
         batch = len(strategy.mb_y)
         per_sample = model.per_sample_masks and not self.batch_uniform
         mask = self.sample(model, batch if per_sample else 1).to(strategy.mb_y.device)
-        model.present_override = mask.expand(batch, -1).clone()
+        strategy.mb_present = mask.expand(batch, -1).clone()
 
     def sample(self, model, rows: int) -> torch.Tensor:
         """(rows, M) canonical masks drawn by the policy."""
@@ -81,3 +93,12 @@ class ModalityDropoutPlugin(SupervisedPlugin):
             empty = ~mask.any(1)
             mask[empty] = torch.rand(int(empty.sum()), m, generator=self.generator) >= drop
         return model.canonical(mask)
+
+
+def check_accepts_masks(strategy) -> None:
+    """A one-line error unless the strategy's forward passes ``mb_present`` to the model."""
+    if not getattr(strategy, "accepts_modality_masks", False):
+        name = type(strategy).__name__
+        raise TypeError(f"ModalityDropoutPlugin needs a strategy whose forward passes the mask "
+                        f"to the model; {name} does not: use "
+                        f"strategies.multimodal_step.multimodal({name})")

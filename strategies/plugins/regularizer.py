@@ -2,7 +2,8 @@
 
 A :class:`RegularizerPlugin` adds ``weight · term(strategy)`` to ``strategy.loss`` in
 ``before_backward`` from its ``start_epoch`` on, and records the term's value in
-``strategy.loss_terms[name]`` (logged by ``clap4cl.evaluation.modality_metrics.LossTermsMetric``).
+``strategy.loss_terms[name]`` (read by ``clap4cl.evaluation.modality_metrics.LossTermsMetric``).
+The plugins own ``loss_terms``: they empty it at the start of every training iteration.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from clap4cl.models.multimodal import MultimodalModule, as_multimodal
+from clap4cl.models.multimodal import step_features as _step_features
 
 
 class RegularizerPlugin(SupervisedPlugin):
@@ -38,6 +40,9 @@ class RegularizerPlugin(SupervisedPlugin):
     def active(self, strategy) -> bool:
         return strategy.clock.train_exp_epochs >= self.start_epoch
 
+    def before_training_iteration(self, strategy, **kwargs):
+        strategy.loss_terms = {}                  # this iteration's terms only
+
     def before_backward(self, strategy, **kwargs):
         if not self.weight or not self.active(strategy):
             return
@@ -55,9 +60,9 @@ def record_loss_term(strategy, name: str, value: float) -> None:
 
 def step_features(strategy) -> Tuple[MultimodalModule, Dict[str, torch.Tensor]]:
     """(the strategy's multimodal model, the features of the current mini-batch), reusing
-    the features of the step's forward pass."""
+    those of the step's forward pass when the strategy keeps them (``mb_feats``)."""
     model = as_multimodal(strategy.model)
-    return model, model.features_for(strategy.mb_x)
+    return model, _step_features(strategy, model)
 
 
 class SubsetLogits:

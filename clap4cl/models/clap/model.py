@@ -1,0 +1,308 @@
+"""The CLAP4CLIP model: visual-guided attention and probabilistic per-task heads on frozen CLIP.
+
+For the classes seen so far (see docs/clap4clip.md),
+
+    z_c^(m) = μ_c + σ_c ⊙ ε_c^(m)                 ε shared by the whole batch
+    s_{b,c}^(m) = τ·⟨x̂_b, h_c + z_c^(m)⟩          logits, concatenated over tasks
+
+with h, μ, σ from :mod:`clap4cl.models.clap.layers`. The logits are computed without
+materialising the (M, B, C, D) tensor of class weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from avalanche.models.dynamic_modules import DynamicModule
+
+from clap4cl import distributed
+from clap4cl.encoders.text_features import ClassTextFeatures
+from clap4cl.models.choices import LANGUAGE_INIT_CLASSES
+from clap4cl.models.clap.layers import CONTEXTS, GaussianTaskHeads, VisualGuidedAttention
+from clap4cl.models.clap.losses import language_init
+from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
+from clap4cl.models.multimodal import MultimodalModule
+
+
+
+@dataclass
+class ClapOutput:
+    """Everything one CLAP forward pass produces.
+
+    Attributes:
+        logits: (M, B, C) per-sample logits over the seen classes.
+        mu, sigma: (C, D) with batch context, (B, C, D) with per-image context; sigma is
+            None for deterministic heads.
+        eps_mean: (C, D) mean over the M draws of ε (so z̄ = μ + σ ⊙ eps_mean), or None.
+    """
+
+    logits: torch.Tensor
+    mu: torch.Tensor
+    sigma: Optional[torch.Tensor]
+    eps_mean: Optional[torch.Tensor]
+
+    @property
+    def mean_logits(self) -> torch.Tensor:
+        return self.logits.mean(0)
+
+    @property
+    def z_mean(self) -> torch.Tensor:
+        """Sample mean z̄ of the heads' outputs (μ for deterministic heads)."""
+        return self.mu if self.sigma is None else self.mu + self.sigma * self.eps_mean
+
+
+class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
+    """CLAP4CLIP as an Avalanche dynamic module over frozen CLIP features.
+
+    It grows one probabilistic head per training experience (language-initialised from
+    the text statistics of the stream's classes) and scores all classes seen so far.
+    ``forward`` returns the mean over M Monte-Carlo samples of the logits, (B, C), so any
+    Avalanche strategy can train it as a plain classifier; ``forward_samples`` returns
+    all M samples and the head statistics for CLAP's own loss.
+
+    Args:
+        text: text statistics of every class of the stream, in label order.
+        logit_scale: CLIP's temperature τ (exp of ``logit_scale``).
+        vga: use the visual-guided attention (else h = t).
+        vga_heads, vga_ffn_dim, vga_dropout: its decoder layer's shape.
+        mc_samples: M.
+        variational: False gives deterministic heads (z = μ): CLAP without VI.
+        init_from_language: initialise new heads' weights to ĒᵀĒ/D and VᵀV/D.
+        language_init_classes: ``all`` seen classes (reference) or the ``new`` ones.
+        train_context, eval_context: VGA context in train and eval mode (``batch`` or
+            ``per_image``). In data-parallel training under torchrun the ``batch``
+            context is the global batch: the image features of every rank's share.
+        image_encoder: optional frozen ``FrozenCLIP`` for image inputs (B, 3, H, W), never
+            in ``state_dict`` or ``parameters`` (see :mod:`clap4cl.models.frozen_encoder`).
+
+    As a :class:`clap4cl.models.multimodal.MultimodalModule` its removable components are the
+    ``image`` (replaced by the null image of :meth:`set_null_image`, e.g. the frozen
+    embedding of a grey image) and the visual ``guidance`` (off: h = t, the VGA-free
+    path; it needs the image). Masks are batch-wide because the VGA attends over the
+    batch; an empty mask is the text prior alone. ``head`` returns the log of the mean
+    of the M sample probabilities (the predictive distribution), while ``forward`` keeps
+    the reference's mean of logits.
+    """
+
+    modality_names = ("image", "guidance")
+    per_sample_masks = False
+    requires = {"guidance": frozenset({"image"})}
+    allow_empty = True
+    null_mode = {"image": "null_input", "guidance": "zeros"}
+    bilinear_logit = True
+
+    def __init__(self, text: ClassTextFeatures, logit_scale: float, *, vga: bool = True,
+                 vga_heads: int = 1, vga_ffn_dim: int = 2048, vga_dropout: float = 0.1,
+                 mc_samples: int = 20, variational: bool = True, init_from_language: bool = True,
+                 language_init_classes: str = "all", train_context: str = "batch",
+                 eval_context: str = "per_image", image_encoder=None):
+        super().__init__()
+        for name, value in (("train_context", train_context), ("eval_context", eval_context)):
+            if value not in CONTEXTS:
+                raise ValueError(f"{name} must be one of {CONTEXTS}, got {value!r}")
+        if language_init_classes not in LANGUAGE_INIT_CLASSES:
+            raise ValueError(f"language_init_classes must be one of {LANGUAGE_INIT_CLASSES}, "
+                             f"got {language_init_classes!r}")
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        dim = text.dim
+        self.register_buffer("class_features", text.normalized.float().clone())
+        self.register_buffer("text_mean", text.mean.float().clone())
+        self.register_buffer("text_variance", text.variance.float().clone())
+        self.register_buffer("null_image", torch.zeros(dim))
+        self.logit_scale = float(logit_scale)
+        self.vga = VisualGuidedAttention(dim, vga_heads, vga_ffn_dim, vga_dropout) if vga else None
+        self.heads = GaussianTaskHeads(dim, variational)
+        self.mc_samples = int(mc_samples)
+        self.init_from_language = init_from_language
+        self.language_init_classes = language_init_classes
+        self.train_context = train_context
+        self.eval_context = eval_context
+        self.set_image_encoder(image_encoder)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def dim(self) -> int:
+        return self.class_features.shape[1]
+
+    @property
+    def variational(self) -> bool:
+        return self.heads.variational
+
+    @property
+    def task_sizes(self) -> List[int]:
+        return list(self.heads.sizes)
+
+    @property
+    def n_seen_classes(self) -> int:
+        return sum(self.heads.sizes)
+
+    def task_of_class(self) -> torch.Tensor:
+        sizes = torch.tensor(self.heads.sizes, device=self.class_features.device)
+        return torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+
+    def adaptation(self, experience) -> None:
+        """Add a head for the new classes of a training experience."""
+        if not self.training:
+            return
+        seen = self.n_seen_classes
+        new = sorted({int(c) for c in experience.classes_in_this_experience} - set(range(seen)))
+        if new:
+            self.add_task(new)
+
+    def add_task(self, classes: Sequence[int]) -> None:
+        """Append a head for ``classes`` (the next contiguous labels) and freeze older heads."""
+        start = self.n_seen_classes
+        if list(classes) != list(range(start, start + len(classes))):
+            raise ValueError(f"new classes must be the next contiguous labels {start}.., got "
+                             f"{list(classes)[:10]}: build the stream with scenarios.class_incremental")
+        end = start + len(classes)
+        if end > self.class_features.shape[0]:
+            raise ValueError(f"label {end - 1} has no text features ({self.class_features.shape[0]} classes)")
+        mu_init = sigma_init = None
+        if self.init_from_language:
+            first = 0 if self.language_init_classes == "all" else start
+            mu_init, sigma_init = language_init(self.text_mean[first:end], self.text_variance[first:end])
+        self.heads.add_task(len(classes), mu_init, sigma_init)
+        self.heads.set_trainable([self.heads.n_tasks - 1])
+
+    # ------------------------------------------------------------------ forward
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised fp32 image features of images (B, 3, H, W) or features (B, D)."""
+        return F.normalize(self.image_features(x).float(), dim=-1)
+
+    def encode(self, x: torch.Tensor):
+        return {"image": self.encode_images(x)}
+
+    def set_null_image(self, embedding: torch.Tensor) -> None:
+        """The image embedding that stands for "no image" (normalised; e.g. a grey image's)."""
+        self.null_image.copy_(F.normalize(embedding.detach().float().reshape(-1), dim=0))
+
+    def current_context(self) -> str:
+        return self.train_context if self.training else self.eval_context
+
+    def refined_text(self, images: torch.Tensor, context: Optional[str] = None,
+                     guidance: bool = True) -> torch.Tensor:
+        """h = t + VGA(t, x̂): (C, D) for batch context, (B, C, D) per image; h = t
+        without ``guidance``."""
+        context = context or self.current_context()
+        t = self.class_features[: self.n_seen_classes]
+        if self.vga is None or not guidance:
+            return t if context == "batch" else t.expand(images.shape[0], -1, -1)
+        if context == "batch" and self.training:
+            # Data-parallel training (torchrun): the context is the global batch, as in
+            # one process; the frozen features of the other ranks carry no gradient.
+            images = distributed.cat_all_ranks(images)
+        return t + self.vga(t, images, self.task_of_class(), context)
+
+    def forward_samples(self, x: torch.Tensor, n_samples: Optional[int] = None,
+                        context: Optional[str] = None,
+                        present: Optional[torch.Tensor] = None) -> ClapOutput:
+        """All M sampled logits (M, B, C) plus μ, σ and the mean of ε.
+
+        ``present`` is a batch-wide modality mask (None: every component)."""
+        return self.sample(self.encode(x)["image"], present, n_samples, context)
+
+    def sample(self, images: torch.Tensor, present: Optional[torch.Tensor] = None,
+               n_samples: Optional[int] = None, context: Optional[str] = None) -> ClapOutput:
+        """:meth:`forward_samples` on encoded images, with the components of ``present``."""
+        if self.n_seen_classes == 0:
+            raise RuntimeError("the model has no heads yet: train it on an experience first")
+        images, guidance = self._apply_mask(images, present)
+        h = self.refined_text(images, context, guidance)
+        mu, sigma = self.heads(h)
+        base = self._scores(images, h + mu)                                 # (B, C)
+        if sigma is None:
+            return ClapOutput(base[None], mu, None, None)
+        m = n_samples or self.mc_samples
+        eps = torch.randn((m,) + mu.shape[-2:], device=mu.device)           # (M, C, D)
+        return ClapOutput(base[None] + self._noise_scores(images, sigma, eps), mu, sigma, eps.mean(0))
+
+    def head(self, feats, present: Optional[torch.Tensor] = None, *,
+             mc_samples: bool = False) -> torch.Tensor:
+        """log of the mean over M samples of softmax (B, C), or the raw (M, B, C) logits."""
+        logits = self.sample(feats["image"], present).logits
+        if mc_samples:
+            return logits
+        return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
+
+    def embed(self, feats, present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The mean-over-samples logits (B, C): the image side is frozen, so only the
+        text side's output can serve as CLAP's representation."""
+        return self.sample(feats["image"], present).mean_logits
+
+    def logit_contributions(self, feats, present: Optional[torch.Tensor] = None):
+        """The logit split additively by where the class weight comes from, (B, C) each:
+        ``prior`` τ⟨x̂, t_c⟩ (zero-shot text), ``guidance`` τ⟨x̂, VGA_c⟩ and ``adapter``
+        τ⟨x̂, z̄_c⟩ (the task head's sample mean). They sum to the mean logit."""
+        images, guidance = self._apply_mask(feats["image"], present)
+        context = self.current_context()
+        t = self.class_features[: self.n_seen_classes]
+        h = self.refined_text(images, context, guidance)
+        mu, sigma = self.heads(h)
+        z = mu
+        if sigma is not None:
+            z = mu + sigma * torch.randn(mu.shape[-2:], device=mu.device) / math.sqrt(self.mc_samples)
+        prior = self._scores(images, t)
+        return {"prior": prior, "guidance": self._scores(images, h) - prior,
+                "adapter": self._scores(images, z)}
+
+    def _apply_mask(self, images, present):
+        """(images or the null image, guidance on?) for a batch-wide mask."""
+        if present is None:
+            return images, True
+        present = self.check_present(present.to(images.device), images.shape[0])
+        image_on, guidance_on = bool(present[0, 0]), bool(present[0, 1])
+        if not image_on:
+            if not self.null_image.any():
+                raise RuntimeError("removing the image needs a null image: call "
+                                   "model.set_null_image(embedding of a grey image)")
+            images = self.null_image.expand_as(images)
+        return images, guidance_on
+
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean over M samples of the logits, (B, C).
+
+        The mean is linear in ε, so it is computed from one draw ε̄ ~ N(0, I/M): the
+        same distribution as averaging M sampled logits.
+        """
+        images, guidance = self._apply_mask(self.encode(x)["image"], present)
+        h = self.refined_text(images, guidance=guidance)
+        mu, sigma = self.heads(h)
+        logits = self._scores(images, h + mu)
+        if sigma is not None:
+            eps_mean = torch.randn(mu.shape[-2:], device=mu.device) / math.sqrt(self.mc_samples)
+            logits = logits + self._noise_scores(images, sigma, eps_mean[None])[0]
+        return logits
+
+    def _scores(self, images, weights):
+        """τ⟨x̂_b, w_c⟩ for class weights (C, D) or per-image (B, C, D)."""
+        if weights.dim() == 2:
+            return self.logit_scale * images @ weights.T
+        return self.logit_scale * torch.einsum("bd,bcd->bc", images, weights)
+
+    def _noise_scores(self, images, sigma, eps):
+        """τ⟨x̂_b, σ_c ⊙ ε_c^(m)⟩, (M, B, C), without forming (M, B, C, D)."""
+        if sigma.dim() == 2:
+            return self.logit_scale * torch.einsum("bd,mcd->mbc", images, sigma[None] * eps)
+        return self.logit_scale * torch.einsum("bcd,mcd->mbc", images[:, None, :] * sigma, eps)
+
+    # ------------------------------------------------------------------ state
+    def get_extra_state(self):
+        return {"task_sizes": self.task_sizes}
+
+    def set_extra_state(self, state) -> None:
+        if list(state["task_sizes"]) != self.task_sizes:
+            raise ValueError(f"checkpoint has tasks {state['task_sizes']}, model {self.task_sizes}")
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Grow the heads to the checkpoint's tasks, then load it."""
+        sizes = state_dict.get("_extra_state", {}).get("task_sizes", [])
+        for size in sizes[self.heads.n_tasks:]:
+            self.heads.add_task(size)
+        if self.heads.n_tasks:
+            self.heads.set_trainable([self.heads.n_tasks - 1])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
