@@ -1,10 +1,8 @@
 """The run directory: config check, atomic JSON, the checkpoint and resuming from it."""
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
-import io
 import json
 import os
 from pathlib import Path
@@ -35,19 +33,15 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
 CHECKPOINT = "checkpoint.pkl"
 
 
-def resume(strategy, output: Path, timer: Timer):
-    """(strategy, first experience to train): restored from ``output/checkpoint.pkl`` if
-    there is one, else the fresh strategy with an empty ``run_state``."""
-    from avalanche.checkpointing import maybe_load_checkpoint
+def resume(strategy, output: Path, timer: Timer, train_stream):
+    """(strategy, first experience to train): the state of ``output/checkpoint.pkl`` put
+    into the freshly built ``strategy`` if there is one (see ``runner.checkpoint``: plain
+    data only, never unpickled code), else the strategy with an empty ``run_state``."""
+    from clap4cl.runner.checkpoint import load_checkpoint
 
     path = output / CHECKPOINT
     if path.is_file():
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints its device map
-                strategy, start = maybe_load_checkpoint(strategy, str(path))
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same problem
-            raise UserError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}): "
-                            f"delete it to start the run again") from exc
+        start, strategy.run_state = load_checkpoint(strategy, path, train_stream)
         timer.seconds.update({k: v for k, v in strategy.run_state["timer"].items() if k != "extract"})
         return strategy, start
     strategy.run_state = {"rows": [], "steps": [], "plot_data": {}, "results": {}, "timer": {}}
@@ -55,12 +49,10 @@ def resume(strategy, output: Path, timer: Timer):
 
 
 def save_run_checkpoint(strategy, output: Path) -> None:
-    """Avalanche checkpoint of the strategy (with ``run_state``), written atomically."""
-    from avalanche.checkpointing import save_checkpoint
+    """The run's checkpoint (strategy state and ``run_state``), written atomically."""
+    from clap4cl.runner.checkpoint import save_checkpoint
 
-    tmp = output / f"{CHECKPOINT}.tmp{os.getpid()}"
-    save_checkpoint(strategy, str(tmp))
-    os.replace(tmp, output / CHECKPOINT)
+    save_checkpoint(strategy, strategy.run_state, output / CHECKPOINT)
 
 
 @functools.lru_cache(maxsize=None)

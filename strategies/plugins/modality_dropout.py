@@ -38,6 +38,12 @@ class ModalityDropoutPlugin(SupervisedPlugin):
         self.train_only = train_only
         self.generator = torch.Generator().manual_seed(seed)
 
+    def checkpoint_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_checkpoint_state(self, state: dict, datasets=None) -> None:
+        self.generator.set_state(state["generator"])
+
     def before_forward(self, strategy, **kwargs):
         self._set(strategy)
 
