@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import pickletools
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -98,7 +99,11 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
     """The checkpoint document at ``path``, loaded with ``weights_only=True``; UserError
     (one line) for anything that is not a checkpoint of this version."""
     try:
-        document = torch.load(path, map_location="cpu", weights_only=True)
+        if not zipfile.is_zipfile(path):          # torch.save's format; never a bare pickle
+            raise ValueError("not a zip archive")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            document = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever the file is, it is not ours
         if written_by_old_version(path):
             raise UserError(f"checkpoint {str(path)!r} was written by an older version of "
@@ -130,7 +135,8 @@ def written_by_old_version(path: Path) -> bool:
         names = [arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)]
     except Exception:  # noqa: BLE001 - unreadable: not an old checkpoint either
         return False
-    return any(n.startswith(("avalanche.checkpointing", "dill._dill")) for n in names)
+    # Avalanche's save_checkpoint writes {"strategy": ..., "rng_manager": ..., "exp_counter": ...}
+    return "exp_counter" in names and any(n.startswith("avalanche.") for n in names)
 
 
 def load_checkpoint(strategy, path: Path, train_stream) -> Tuple[int, Dict[str, Any]]:
