@@ -5,16 +5,53 @@ import ctypes
 import functools
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from clap4cl.errors import UserError
 from clap4cl.runner.config import dump
 from clap4cl.runner.results import Timer
 
 
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def path_component(value, what: str) -> str:
+    """``value`` as one safe file-name component (no separators, no ``..``), else UserError."""
+    text = str(value)
+    if not _SAFE_COMPONENT.fullmatch(text) or ".." in text:
+        raise UserError(f"{what} {text!r} cannot name a directory: use letters, digits, "
+                        f"'_', '-' and '.' only")
+    return text
+
+
+def checked_names(config: Dict[str, Any]) -> Tuple[str, str]:
+    """(dataset, method) of ``config``, checked against the registries before any path
+    or file is made from them."""
+    from scenarios.registry import canonical_name
+
+    from clap4cl.runner.assemble import METHODS
+
+    dataset = canonical_name(config["dataset"]["name"])
+    method = config["method"]
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    return path_component(dataset, "dataset"), path_component(method, "method")
+
+
+def default_output(config: Dict[str, Any], *, seeds: bool = False) -> Path:
+    """``runs/<dataset>-<method>-run<k>`` (``runs/<dataset>-<method>`` for ``--seeds``),
+    from registry names only, so the directory is always inside ``runs/``."""
+    dataset, method = checked_names(config)
+    name = f"{dataset}-{method}" if seeds else f"{dataset}-{method}-run{int(config['run'])}"
+    return Path("runs") / name
+
+
 def prepare_run_dir(output: Path, config: Dict[str, Any]) -> None:
-    """Create the run directory, refusing one that holds a different config."""
+    """Create the run directory, refusing one that holds a different config (or a config
+    naming an unknown dataset or method: nothing is written then)."""
+    checked_names(config)
     output.mkdir(parents=True, exist_ok=True)
     saved = output / "config.yaml"
     text = dump(config)
