@@ -211,3 +211,56 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_a_one_line_error(tmp_path, mo
     torch.save(document, tmp_path / "run" / "checkpoint.pkl")
     with pytest.raises(UserError, match="does not fit this run .*outside the stream of 3"):
         experiment.run_experiment(config, tmp_path / "run")
+
+
+def test_library_strategies_resume_with_avalanche_forgetting_and_bwt_metrics(tmp_path):
+    """The checkpoint functions on a strategy built in Python, whose evaluator carries
+    Avalanche's forgetting and BWT metrics (state across experiences) too."""
+    import warnings
+
+    from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
+    from avalanche.training.determinism.rng_manager import RNGManager
+    from avalanche.training.plugins import EvaluationPlugin
+
+    import scenarios
+    from clap4cl.runner import assemble
+    from clap4cl.runner.config import defaults
+
+    bench = scenarios.class_incremental("synthetic", n_experiences=3, run=0, n_classes=6,
+                                        train_per_class=20, test_per_class=8)
+    config = defaults()
+    config["clap"].update(epochs=2, finetune_epochs=1, mc_samples=4, vga_ffn_dim=32)
+    config["memory"]["size"] = 30
+
+    def fresh():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No loggers specified")
+            evaluator = EvaluationPlugin(accuracy_metrics(stream=True),
+                                         forgetting_metrics(experience=True, stream=True),
+                                         bwt_metrics(experience=True, stream=True), loggers=[])
+        return assemble.build_from_config(config, text_features=bench.text_features,
+                                          logit_scale=100.0, evaluator=evaluator)
+
+    def train_and_eval(strategy, steps):
+        results = None
+        for k in steps:
+            strategy.train(bench.train_stream[k])
+            results = strategy.eval(bench.test_stream[: k + 1])
+        return results
+
+    RNGManager.set_random_seeds(3)
+    expected = train_and_eval(fresh(), range(3))
+    RNGManager.set_random_seeds(3)
+    interrupted = fresh()
+    train_and_eval(interrupted, range(2))
+    checkpoint.save_checkpoint(interrupted, {}, tmp_path / "checkpoint.pkl")
+    del interrupted
+    RNGManager.set_random_seeds(99)                  # the crashed process's RNG is gone
+    resumed = fresh()
+    start, run_state = checkpoint.load_checkpoint(resumed, tmp_path / "checkpoint.pkl",
+                                                  bench.train_stream)
+    assert (start, run_state) == (2, {"plot_data": {}})
+    got = train_and_eval(resumed, range(start, 3))
+    forgetting = "StreamForgetting/eval_phase/test_stream"
+    assert got[forgetting] == expected[forgetting] and expected[forgetting] != 0
+    assert got == expected
