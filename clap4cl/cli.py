@@ -92,11 +92,11 @@ def _load(args):
 def _run(args) -> int:
     config = _load(args)  # before importing the experiment loop: a config error stays fast
     from clap4cl.runner.experiment import run_experiment
+    from clap4cl.runner.rundir import default_output
 
     if args.seeds:
         return _run_seeds(args, config)
-    output = Path(args.output) if args.output else Path("runs") / (
-        f"{config['dataset']['name']}-{config['method']}-run{config['run']}")
+    output = Path(args.output) if args.output else default_output(config)
     _print_summary(run_experiment(config, output), output)
     return 0
 
@@ -107,9 +107,9 @@ def _run_seeds(args, config) -> int:
 
     from clap4cl.runner.experiment import run_experiment
     from clap4cl.runner.report import markdown_report
+    from clap4cl.runner.rundir import default_output
 
-    root = Path(args.output) if args.output else Path("runs") / (
-        f"{config['dataset']['name']}-{config['method']}")
+    root = Path(args.output) if args.output else default_output(config, seeds=True)
     if any(run < 0 for run in args.seeds):
         raise UserError(f"--seeds must be non-negative run indices, got {args.seeds}")
     dirs = []

@@ -86,3 +86,13 @@ class ClassBalancedMemory(ExemplarsBuffer):
         """The exemplars as one Avalanche dataset (empty before the first experience)."""
         parts = [self._datasets[e].subset(idx) for _, (e, idx) in sorted(self.exemplars.items())]
         return concat_datasets(parts)
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict:
+        """The exemplars as (class, experience, indices into that experience's dataset)."""
+        return {"exemplars": [[c, e, list(idx)] for c, (e, idx) in self.exemplars.items()]}
+
+    def load_checkpoint_state(self, state: dict, datasets: Dict[int, object]) -> None:
+        """Restore :meth:`checkpoint_state`; ``datasets``: experience -> training dataset."""
+        self.exemplars = {int(c): (int(e), [int(i) for i in idx]) for c, e, idx in state["exemplars"]}
+        self._datasets = dict(datasets)

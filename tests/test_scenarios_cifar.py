@@ -128,3 +128,60 @@ def test_cifar100_benchmark_uses_the_reference_order(tmp_path):
     assert len(bench.train_stream) == 10
     first = bench.train_stream[0].dataset
     assert sorted({int(y) for y in first.targets}) == list(range(10))
+
+
+class _Payload:
+    """Unpickling this runs code: it writes the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('the payload ran')",)
+
+
+def test_the_payload_runs_under_plain_pickle_so_the_refusal_test_can_fail(tmp_path):
+    pickle.loads(pickle.dumps(_Payload(tmp_path / "marker")))
+    assert (tmp_path / "marker").is_file()
+
+
+@pytest.mark.parametrize("dataset, file_name", [
+    ("cifar10", "data_batch_3"), ("cifar10", "batches.meta"), ("cifar100", "test"),
+])
+def test_a_planted_batch_file_is_refused_in_one_line_and_does_not_run(tmp_path, dataset, file_name):
+    from clap4cl.errors import UserError
+
+    marker = tmp_path / "marker"
+    if dataset == "cifar10":
+        root, folder, loader = write_cifar10(tmp_path / "data"), "cifar-10-batches-py", load_cifar10
+    else:
+        root, folder, loader = write_cifar100(tmp_path / "data"), "cifar-100-python", load_cifar100
+    planted = root / folder / file_name
+    _dump(planted, {"data": _Payload(marker), "labels": [0], "label_names": ["x"]})
+    with pytest.raises(UserError) as caught:
+        loader(root, check_md5=False)
+    message = str(caught.value)
+    assert "\n" not in message and str(planted) in message
+    assert "is not a CIFAR batch file: it asks to load builtins.exec" in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_batches_of_every_pickle_protocol_read_the_same(tmp_path, protocol):
+    from scenarios.datasets.cifar import load_cifar_batch
+
+    entry = {"data": _pixels(3, 5), "labels": [1, 2, 3], "batch_label": "b"}
+    with open(tmp_path / "batch", "wb") as fh:
+        pickle.dump(entry, fh, protocol=protocol)
+    loaded = load_cifar_batch(tmp_path / "batch")
+    assert loaded["labels"] == [1, 2, 3] and loaded["batch_label"] == "b"
+    assert loaded["data"].dtype == np.uint8 and np.array_equal(loaded["data"], entry["data"])
+
+
+def test_torchvision_pickle_load_is_never_called(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar.pickle, "load", lambda *a, **k: pytest.fail("pickle.load called"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load called"))
+    splits = load_cifar10(write_cifar10(tmp_path), check_md5=False)
+    assert len(splits.train) == 20 and splits.class_names[0] == "airplane"

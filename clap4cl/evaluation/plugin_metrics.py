@@ -135,6 +135,16 @@ class ContinualAccuracyMetric(PluginMetric[float]):
     def reset(self) -> None:
         self._correct, self._count = {}, {}
 
+    def checkpoint_state(self) -> dict:
+        """The accuracy matrix and step accuracies so far (the run checkpoint's hook)."""
+        return {"matrix": {t: dict(row) for t, row in self.matrix.items()},
+                "step_accuracy": dict(self.step_accuracy)}
+
+    def load_checkpoint_state(self, state: dict, datasets=None) -> None:
+        self.matrix = {int(t): {int(k): float(v) for k, v in row.items()}
+                       for t, row in state["matrix"].items()}
+        self.step_accuracy = {int(t): float(v) for t, v in state["step_accuracy"].items()}
+
     def result(self):
         return dict(self.step_accuracy)
 

@@ -86,6 +86,11 @@ class FeatureCache:
     @staticmethod
     def stem(key: CacheKey) -> str:
         """The file name of ``key``'s entry without suffixes (its shards add one)."""
+        # The dataset, backbone and preprocessing only enter through the digest; split and
+        # view are names in the file name, so they must not be able to leave features/.
+        for name in (key.split, key.view):
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"cache split/view names are letters, digits and '_', got {name!r}")
         return f"{key.split}-{key.view}-{key.digest()}"
 
     def locked(self, keys: Iterable[CacheKey]):

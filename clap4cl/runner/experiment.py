@@ -32,8 +32,8 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     """Run one class-incremental experiment and write the run directory.
 
     Returns the ``results.json`` document. After every experience the run directory gets
-    ``results.json`` and an Avalanche checkpoint (strategy, model, memory, RNG states and
-    the results so far); running again on the same directory with the same config resumes
+    ``results.json`` and a checkpoint (model, memory, plugin, RNG and clock states and the
+    results so far, as plain data: ``runner.checkpoint``); running again on the same directory with the same config resumes
     after the last finished experience and ends with the same results as an
     uninterrupted run.
 
@@ -71,7 +71,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         strategy.model.set_null_image(null_image)
     with phase_threads("extract", threads):
         external_ood = load_external_ood(config, backbone, cache, progress)
-    strategy, start = resume(strategy, output, timer)
+    strategy, start = resume(strategy, output, timer, benchmark.train_stream)
     state = strategy.run_state
     collector = next(p for p in strategy.plugins if isinstance(p, LogitsCollector))
     tensorboard = tensorboard_logger(strategy)

@@ -1,22 +1,57 @@
 """The run directory: config check, atomic JSON, the checkpoint and resuming from it."""
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
-import io
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from clap4cl.errors import UserError
 from clap4cl.runner.config import dump
 from clap4cl.runner.results import Timer
 
 
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def path_component(value, what: str) -> str:
+    """``value`` as one safe file-name component (no separators, no ``..``), else UserError."""
+    text = str(value)
+    if not _SAFE_COMPONENT.fullmatch(text) or ".." in text:
+        raise UserError(f"{what} {text!r} cannot name a directory: use letters, digits, "
+                        f"'_', '-' and '.' only")
+    return text
+
+
+def checked_names(config: Dict[str, Any]) -> Tuple[str, str]:
+    """(dataset, method) of ``config``, checked against the registries before any path
+    or file is made from them."""
+    from scenarios.registry import canonical_name
+
+    from clap4cl.runner.assemble import METHODS
+
+    dataset = canonical_name(config["dataset"]["name"])
+    method = config["method"]
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    return path_component(dataset, "dataset"), path_component(method, "method")
+
+
+def default_output(config: Dict[str, Any], *, seeds: bool = False) -> Path:
+    """``runs/<dataset>-<method>-run<k>`` (``runs/<dataset>-<method>`` for ``--seeds``),
+    from registry names only, so the directory is always inside ``runs/``."""
+    dataset, method = checked_names(config)
+    name = f"{dataset}-{method}" if seeds else f"{dataset}-{method}-run{int(config['run'])}"
+    return Path("runs") / name
+
+
 def prepare_run_dir(output: Path, config: Dict[str, Any]) -> None:
-    """Create the run directory, refusing one that holds a different config."""
+    """Create the run directory, refusing one that holds a different config (or a config
+    naming an unknown dataset or method: nothing is written then)."""
+    checked_names(config)
     output.mkdir(parents=True, exist_ok=True)
     saved = output / "config.yaml"
     text = dump(config)
@@ -35,19 +70,15 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
 CHECKPOINT = "checkpoint.pkl"
 
 
-def resume(strategy, output: Path, timer: Timer):
-    """(strategy, first experience to train): restored from ``output/checkpoint.pkl`` if
-    there is one, else the fresh strategy with an empty ``run_state``."""
-    from avalanche.checkpointing import maybe_load_checkpoint
+def resume(strategy, output: Path, timer: Timer, train_stream):
+    """(strategy, first experience to train): the state of ``output/checkpoint.pkl`` put
+    into the freshly built ``strategy`` if there is one (see ``runner.checkpoint``: plain
+    data only, never unpickled code), else the strategy with an empty ``run_state``."""
+    from clap4cl.runner.checkpoint import load_checkpoint
 
     path = output / CHECKPOINT
     if path.is_file():
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints its device map
-                strategy, start = maybe_load_checkpoint(strategy, str(path))
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same problem
-            raise UserError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}): "
-                            f"delete it to start the run again") from exc
+        start, strategy.run_state = load_checkpoint(strategy, path, train_stream)
         timer.seconds.update({k: v for k, v in strategy.run_state["timer"].items() if k != "extract"})
         return strategy, start
     strategy.run_state = {"rows": [], "steps": [], "plot_data": {}, "results": {}, "timer": {}}
@@ -55,12 +86,10 @@ def resume(strategy, output: Path, timer: Timer):
 
 
 def save_run_checkpoint(strategy, output: Path) -> None:
-    """Avalanche checkpoint of the strategy (with ``run_state``), written atomically."""
-    from avalanche.checkpointing import save_checkpoint
+    """The run's checkpoint (strategy state and ``run_state``), written atomically."""
+    from clap4cl.runner.checkpoint import save_checkpoint
 
-    tmp = output / f"{CHECKPOINT}.tmp{os.getpid()}"
-    save_checkpoint(strategy, str(tmp))
-    os.replace(tmp, output / CHECKPOINT)
+    save_checkpoint(strategy, strategy.run_state, output / CHECKPOINT)
 
 
 @functools.lru_cache(maxsize=None)

@@ -109,6 +109,12 @@ class CMLPlugin(RegularizerPlugin):
         self.confidence, self.reduction = confidence, reduction
         self.generator = torch.Generator().manual_seed(seed)
 
+    def checkpoint_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_checkpoint_state(self, state: dict, datasets=None) -> None:
+        self.generator.set_state(state["generator"])
+
     def term(self, strategy) -> torch.Tensor:
         model, feats = step_features(strategy)
         targets = strategy.mb_y

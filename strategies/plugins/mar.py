@@ -111,6 +111,29 @@ class MARPlugin(RegularizerPlugin):
         self._epoch = 0
         self._mined_once = False
 
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict:
+        """What carries over between experiences: the weak set, its scores and history
+        (the held-out split is rebuilt in every experience)."""
+        return {"weak": None if self.weak is None else sorted(self.weak),
+                "scores": [[list(s), v] for s, v in self.scores.items()],
+                "history": [{"experience": h["experience"],
+                             "scores": [[list(s), v] for s, v in h["scores"].items()],
+                             "weak": [list(s) for s in h["weak"]]} for h in self.history],
+                "mined_once": self._mined_once, "epoch": self._epoch,
+                "split_sizes": self.split_sizes}
+
+    def load_checkpoint_state(self, state: dict, datasets=None) -> None:
+        subset = lambda s: tuple(bool(v) for v in s)  # noqa: E731
+        self.weak = None if state["weak"] is None else {subset(s) for s in state["weak"]}
+        self.scores = {subset(s): float(v) for s, v in state["scores"]}
+        self.history = [{"experience": h["experience"],
+                         "scores": {subset(s): float(v) for s, v in h["scores"]},
+                         "weak": [subset(s) for s in h["weak"]]} for h in state["history"]]
+        self._mined_once, self._epoch = bool(state["mined_once"]), int(state["epoch"])
+        self.split_sizes = state["split_sizes"]
+        self.heldout = None
+
     # ------------------------------------------------------------ mining
     def candidate_subsets(self, model) -> List[Subset]:
         """The candidates as canonical masks of ``model``, without the full set."""

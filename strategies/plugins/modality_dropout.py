@@ -50,6 +50,12 @@ class ModalityDropoutPlugin(SupervisedPlugin):
         if not self.train_only:
             check_accepts_masks(strategy)
 
+    def checkpoint_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_checkpoint_state(self, state: dict, datasets=None) -> None:
+        self.generator.set_state(state["generator"])
+
     def before_forward(self, strategy, **kwargs):
         self._set(strategy)
 
