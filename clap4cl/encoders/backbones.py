@@ -25,6 +25,11 @@ from clap4cl.encoders.choices import PRECISIONS
 TINY_CONFIG_DIR = Path(__file__).with_name("model_configs")
 TINY_ARCHITECTURES = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+# Weights shipped with the package, by (architecture, tag): an fp16 state dict of part of
+# the model, loaded over the seeded random initialisation (the rest stays random).
+# ``digits``: the image tower trained without labels on the digits training images, the
+# text tower untrained; see scripts/train_digits_clip.py for what it is and is not.
+PACKAGED_WEIGHTS = {("tiny-vit", "digits"): Path(__file__).with_name("weights") / "tiny-vit-digits.pt"}
 
 
 def register_tiny_architectures() -> None:
@@ -117,24 +122,30 @@ def load_clip(arch: str, pretrained: Optional[str] = None, *, precision: str = "
         arch: any open_clip architecture (``open_clip.list_models()``) or one of the
             package's tiny ones (``tiny-vit``, ``tiny-rn``, ``small-vit``).
         pretrained: an open_clip pretrained tag such as ``"openai"`` (downloaded by
-            open_clip when online), a path to a local checkpoint file, or None for
+            open_clip when online), a path to a local checkpoint file, a tag of weights
+            shipped with the package (``"digits"`` for ``tiny-vit``), or None for
             random weights.
         precision: ``fp32``, ``fp16`` or ``bf16`` for the encoders; features are
             always returned in float32.
         device: torch device for the encoders.
         cache_dir: where open_clip stores downloaded weights.
-        seed: seed of the random initialisation when ``pretrained`` is None.
+        seed: seed of the random initialisation when ``pretrained`` is None, and of
+            the parts a packaged partial state dict leaves untouched.
     """
     register_tiny_architectures()
     _check_arch(arch)
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     weights_id, source = _resolve_weights(arch, pretrained)
-    if pretrained is None:
-        weights_id = f"random:seed{seed}:open_clip{open_clip.__version__}:torch{torch.__version__}"
+    packaged = PACKAGED_WEIGHTS.get((arch, pretrained))
+    if pretrained is None or packaged is not None:
+        random_id = f"random:seed{seed}:open_clip{open_clip.__version__}:torch{torch.__version__}"
+        weights_id = random_id if packaged is None else f"{weights_id}+{random_id}"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _create_model(arch, source, precision, device, cache_dir)
+    if packaged is not None:
+        _load_partial_state(model, packaged)
     preprocess_test = _test_transform(model)
     return FrozenCLIP(model, arch=arch, pretrained=pretrained, weights_id=weights_id,
                       precision=precision, preprocess_test=preprocess_test)
@@ -157,13 +168,17 @@ def _resolve_weights(arch: str, pretrained: Optional[str]):
     """Return (weights identity, value to pass to open_clip)."""
     if pretrained is None:
         return "random", None
+    packaged = PACKAGED_WEIGHTS.get((arch, pretrained))
+    if packaged is not None:
+        return f"package:{pretrained}:{file_sha256(packaged)}", None
     path = Path(pretrained).expanduser()
     if path.is_file():
         return f"file:{file_sha256(path)}", str(path)
     if _looks_like_path(pretrained):
         raise UserError(f"checkpoint file {pretrained!r} does not exist: give the path of a saved "
                         f"open_clip state dict, an open_clip tag, or null for random weights")
-    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tags = open_clip.list_pretrained_tags_by_model(arch) + [
+        tag for (name, tag) in PACKAGED_WEIGHTS if name == arch]
     if pretrained not in tags:
         valid = ", ".join(tags) if tags else "none (use a checkpoint path or null)"
         raise UserError(f"unknown pretrained tag {pretrained!r} for {arch}: valid tags are {valid}")
@@ -197,6 +212,18 @@ def _create_model(arch, source, precision, device, cache_dir):
         raise
     finally:
         root.removeFilter(notice)
+
+
+def _load_partial_state(model, path: Path) -> None:
+    """Load a packaged fp16 state dict over part of ``model``; every key must exist."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise UserError(f"packaged weights {path.name} do not fit this model: unknown keys {unknown[:3]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
 
 
 def _test_transform(model):
