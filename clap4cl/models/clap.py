@@ -1,6 +1,6 @@
 """The CLAP4CLIP model: visual-guided attention and probabilistic per-task heads on frozen CLIP.
 
-Specification: ``spec/clap4clip.md`` sections 1, 2 and 9.2. For the classes seen so far,
+Method and reference behaviours: docs/clap4clip.md (R1-R10). For the classes seen so far,
 
     h_c = t_c + VGA(t, x̂)_c                      refined class text feature
     μ_c = W_μ[k] h_c + b_μ[k],  σ_c = 0.999·softplus(W_σ[k] h_c + b_σ[k]) + 0.001
@@ -453,7 +453,7 @@ class ClapModel(MultimodalModule, DynamicModule):
 
     def embed(self, feats, present: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mean-over-samples logits (B, C): the image side is frozen, so only the
-        text side's output can serve as CLAP's representation (spec 4.2)."""
+        text side's output can serve as CLAP's representation (docs/multimodal-plugins.md)."""
         return self.sample(feats["image"], present).mean_logits
 
     def logit_contributions(self, feats, present: Optional[torch.Tensor] = None):
@@ -489,7 +489,7 @@ class ClapModel(MultimodalModule, DynamicModule):
         """Mean over M samples of the logits, (B, C).
 
         The mean is linear in ε, so it is computed from one draw ε̄ ~ N(0, I/M): the
-        same distribution as averaging M sampled logits (spec 9.2 item 5).
+        same distribution as averaging M sampled logits (docs/clap4clip.md R8).
         """
         images, guidance = self._apply_mask(self.encode_once(x)["image"], self.present_override)
         self.last_present = self.present_override
@@ -559,7 +559,7 @@ def language_loss(text_mean: torch.Tensor, z_mean: torch.Tensor, task_of_class: 
     """Σ_{k ∈ tasks} CE(Ē_k z̄_kᵀ, identity): each class's prompts nearest its own z̄.
 
     Equal to the reference's double loop over M samples and L templates, because both
-    means are linear (spec 9.2 item 4). z̄ per image (B, C, D) is averaged over the batch.
+    means are linear (docs/clap4clip.md R10). z̄ per image (B, C, D) is averaged over the batch.
     """
     if z_mean.dim() == 3:
         z_mean = z_mean.mean(0)

@@ -40,7 +40,7 @@ def novelty_summary(entries: List[Dict[str, Any]]) -> Optional[Dict[str, Dict[st
 
 def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, Any]],
               timer: Timer, completed: int) -> Dict[str, Any]:
-    """The results.json document (DESIGN.md contract)."""
+    """The results.json document (schema: docs/cli-and-config.md)."""
     n_exp = len(benchmark.train_stream)
     matrix = [row + [None] * (n_exp - len(row)) for row in rows]
     novelty = [s["novelty"] for s in steps if s["novelty"] is not None]

@@ -230,8 +230,8 @@ def load_imagenet_r(root=None, *, test_fraction: float = 0.2, split_seed: int = 
 
     Split, in order of preference: the reference's lists ``imagenetr_train.txt`` /
     ``imagenetr_test.txt`` (in ``root`` or ``root/imagenet_split``), matched by
-    ``wnid/filename`` wherever the file lies under ``root`` (spec B14); ``root/train`` and
-    ``root/test``; else the deterministic 80/20 rule on ``root/<wnid>/``.
+    ``wnid/filename`` wherever the file lies under ``root`` (docs/clap4clip.md R26);
+    ``root/train`` and ``root/test``; else the deterministic 80/20 rule on ``root/<wnid>/``.
     """
     root = require_root(root, "imagenet_r", IMAGENET_R_LAYOUT)
     if (root / "imagenet-r").is_dir() and not _imagenet_r_lists(root):
