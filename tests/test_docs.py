@@ -134,3 +134,35 @@ def test_mkdocs_build_strict(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "clap4clip" / "index.html").is_file()
+
+
+# Documents that exist only outside the repository, and bug numbers from them.
+OUTSIDE_CITATION = re.compile(
+    r"spec/|spec ``|\bspec (?:[0-9]|B[0-9]|section)|DESIGN\.md|\bbug B[0-9]|\(B[0-9]+\)"
+    r"|(?<!docs/)regularizers\.md|landscape\.md|clap-coop\.md")
+SOURCE_DIRS = ("clap4cl", "strategies", "scenarios", "tests", "benchmarks", "examples", "configs")
+
+
+def source_files():
+    for folder in SOURCE_DIRS:
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in (".py", ".yaml") and path.name != "test_docs.py":
+                yield path
+
+
+def test_comments_cite_only_documents_in_the_repository():
+    """Comments cite docs/ pages (and CLAP4CLIP's numbered entries), never outside notes."""
+    entries = set(re.findall(r"\*\*(R[0-9]+)\.", (DOCS / "clap4clip.md").read_text(encoding="utf-8")))
+    assert {"R1", "R8", "R26"} <= entries
+    problems = []
+    for path in source_files():
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(ROOT).as_posix()
+        problems += [f"{name}: cites {m.group(0)!r}" for m in OUTSIDE_CITATION.finditer(text)]
+        for page in re.findall(r"docs/([\w-]+\.md)", text):
+            if not (DOCS / page).is_file():
+                problems.append(f"{name}: cites missing docs/{page}")
+        for entry in re.findall(r"docs/clap4clip\.md,? (R[0-9]+)", text):
+            if entry not in entries:
+                problems.append(f"{name}: cites docs/clap4clip.md {entry}, which does not exist")
+    assert not problems, "\n".join(problems)
