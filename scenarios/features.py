@@ -2,7 +2,7 @@
 
 Training on cached features picks one of the train views (original, flipped) uniformly
 at random per sample and access (the ``train`` transform group), which is exactly the
-reference's RandomHorizontalFlip on a deterministic resize + centre crop (spec 9.2 item 1);
+reference's RandomHorizontalFlip on a deterministic resize + centre crop (docs/clap4clip.md R17);
 evaluation uses the original view.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CLAP4CLIP as an Avalanche strategy (spec ``clap4clip.md`` sections 2 and 3).
+"""CLAP4CLIP as an Avalanche strategy (docs/clap4clip.md, R9 and R11-R15).
 
 Per experience: the model grows a language-initialised head; the VGA and the newest head
 train on new data ∪ memory with L = CE (over all M·B sample rows) + kl_weight·KL +

@@ -21,8 +21,8 @@ from strategies.exemplars import ClassBalancedMemory
 def warmup_cosine(total_steps: int, warmup_steps: int, min_factor: float) -> Callable[[int], float]:
     """LR factor of step s: (s+1)/(w+1) during w warm-up steps, then cosine 1 → min_factor.
 
-    Matches the reference schedule (spec 12): the first warm-up step is lr/(w+1) and the
-    cosine part never quite reaches lr·min_factor.
+    Matches the reference schedule (docs/clap4clip.md R11): the first warm-up step is
+    lr/(w+1) and the cosine part never quite reaches lr·min_factor.
     """
     cosine_steps = max(1, total_steps - warmup_steps)
 

@@ -6,7 +6,8 @@ work with Avalanche's ``ParametricBuffer`` / ``ClassBalancedBuffer`` in any stra
 with ``ClassBalancedMemory``. Uncertainty selectors score the samples with the strategy's
 current model: Monte-Carlo logits (B, M, C) for models with ``forward_samples`` (CLAP),
 plain logits otherwise. Scoring uses the evaluation view of the data, in index order,
-and keeps every score aligned with its sample (the reference's bug B2 cannot happen).
+and keeps every score aligned with its sample (the reference mixes the rows of
+different images; docs/clap4clip.md R22).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from strategies.choices import SELECTORS
 class FirstKExemplarsSelection(ExemplarsSelectionStrategy):
     """The reference's ``random`` selector: the first samples per class in dataset order.
 
-    It is deterministic and nested across steps (spec B4); kept as ``reference_first_k``.
+    It is deterministic and nested across steps (docs/clap4clip.md R21); kept as
+    ``reference_first_k``.
     """
 
     def make_sorted_indices(self, strategy, data) -> List[int]:
@@ -80,8 +82,8 @@ class UncertaintySelection(ExemplarsSelectionStrategy):
 def var_entropy_score(logits, targets=None) -> torch.Tensor:
     """Geometric mean of the predictive variance and the (positive) entropy.
 
-    The reference takes the geometric mean with Σ p log p ≤ 0, whose log is NaN (bug B3);
-    the positive entropy is the intended quantity.
+    The reference takes the geometric mean with Σ p log p ≤ 0, whose log is NaN
+    (docs/clap4clip.md R23); the positive entropy is the intended quantity.
     """
     return torch.sqrt(uncertainty.variance(logits) * uncertainty.entropy(logits))
 

@@ -1,4 +1,4 @@
-"""The multimodal protocol and the regularisers' math (spec regularizers.md 4.5, unit tests)."""
+"""The multimodal protocol and the regularisers' math (docs/multimodal-plugins.md; unit tests)."""
 
 from types import SimpleNamespace
 

@@ -1,4 +1,4 @@
-"""The regularisers' measurable effects on the two-modality stream (spec regularizers.md 4.5)."""
+"""The regularisers' measurable effects on the two-modality stream (docs/multimodal-plugins.md)."""
 import warnings
 
 import pytest

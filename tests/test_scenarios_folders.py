@@ -98,7 +98,7 @@ def test_imagenet_r_uses_split_lists_keyed_by_wnid_and_file(tmp_path):
     for wnid in IMAGENET_R_WNIDS:
         for i in range(3):
             write_png(tmp_path / wnid / f"art_{i}.png", i)
-    # the lists say train/... and test/... although the files lie in <wnid>/ (spec B14)
+    # the lists say train/... and test/... although the files lie in <wnid>/ (docs/clap4clip.md R26)
     (tmp_path / "imagenetr_train.txt").write_text(
         "train/n01443537/art_0.png 0\ntrain/n01443537/art_1.png 0\ntrain/n01484850/art_2.png 1\n")
     (tmp_path / "imagenetr_test.txt").write_text(

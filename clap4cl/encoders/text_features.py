@@ -3,7 +3,7 @@
 CLAP uses, for every class c and template l, the L2-normalised prompt embedding
 e_{c,l}; from it the template mean ē_c, the class feature t_c = ē_c / ‖ē_c‖ and the
 per-dimension variance over templates (language-aware initialisation and the
-language regulariser, spec sections 1.2 and 1.4).
+language regulariser; docs/clap4clip.md R2 and R5).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class ClassTextFeatures:
         mean: (C, D) template mean ē_c (not renormalised).
         normalized: (C, D) class features t_c = ē_c / ‖ē_c‖.
         variance: (C, D) unbiased (ddof=1) variance over templates; zeros when L == 1
-            (the reference yields NaN there, spec B6).
+            (the reference yields NaN there; docs/clap4clip.md R6).
         class_names: the C class names, in the same order as the rows.
     """
 

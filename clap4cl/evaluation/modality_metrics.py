@@ -1,4 +1,4 @@
-"""Modality metrics (spec ``regularizers.md`` section 5), as functions and Avalanche plugin metrics.
+"""Modality metrics, as functions and Avalanche plugin metrics (docs/multimodal-plugins.md).
 
 - violation ranking rate (VRR, CML's "reliability"): the fraction of (sample, pair)
   items whose confidence *rises* when a modality is removed (by more than ``margin``),

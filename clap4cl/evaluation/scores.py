@@ -4,7 +4,7 @@ Every function takes logits of shape (B, M, C) (M Monte-Carlo samples per input,
 ``ClapModel.forward_samples``) or (B, C) (a single sample) and returns one score per
 input, (B,). "Mean logits" are the mean over the M samples; p_m = softmax of sample m.
 
-Definitions (spec ``clap4clip.md`` sections 4 and 5):
+Definitions (docs/metrics-and-novelty.md):
 
 - ``msp``: max softmax probability of the mean logits.
 - ``energy``: logsumexp over classes of the mean logits (the negative free energy;

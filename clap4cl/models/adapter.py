@@ -2,7 +2,7 @@
 
 f = normalize(ratio · A(x̂) + (1 − ratio) · x̂),  A = ReLU ∘ Linear(D/r → D) ∘ ReLU ∘ Linear(D → D/r),
 logits = τ⟨f, t_c⟩ over the seen classes. The reference builds a fresh adapter at every
-experience (spec B23); ``reinit_each_experience=False`` keeps one adapter across them.
+experience (docs/clap4clip.md R25); ``reinit_each_experience=False`` keeps one adapter across them.
 """
 from __future__ import annotations
 

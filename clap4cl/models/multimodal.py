@@ -1,8 +1,8 @@
 """The multimodal protocol: models that can predict from any subset of their modalities.
 
-Specification: ``spec/regularizers.md`` section 4.1. A model encodes a mini-batch once
-(``encode``), then re-runs only its cheap ``head`` for each modality subset the plugins
-ask for (CML's pairs, MAR's weak subsets, the per-subset metrics):
+User guide: docs/multimodal-plugins.md ("The multimodal protocol"). A model encodes a
+mini-batch once (``encode``), then re-runs only its cheap ``head`` for each modality
+subset the plugins ask for (CML's pairs, MAR's weak subsets, the per-subset metrics):
 
     feats = model.encode(x)                              # {"a": (B, ...), "b": (B, ...)}
     logits = model.head(feats, present)                  # present: BoolTensor (B, M)

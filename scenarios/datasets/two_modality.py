@@ -1,6 +1,6 @@
 """A two-modality synthetic stream: one informative modality, one weak or pure noise.
 
-Specification: ``spec/regularizers.md`` section 4.5. Class means are drawn once per
+User guide: docs/multimodal-plugins.md ("The two-modality stream"). Class means are drawn once per
 seed; then, independently per sample,
 
     a = μ_a[y] + σ_a · N(0, I)                  informative

@@ -1,6 +1,6 @@
 """Attribution regularisation (Yerramilli, Tamarapalli, Francis, Nyberg; arXiv 2404.02359).
 
-Specification: ``spec/regularizers.md`` sections 3 and 4.3. The Grad×Input attribution
+User guide: docs/multimodal-plugins.md (AttributionRegPlugin). The Grad×Input attribution
 of the target logit at each modality's features, L2-pooled to one scalar per modality,
 normalised to shares s_m; the term is Σ_m |s_m − r_m| averaged over the batch, pulling
 the shares toward the target ratio r (uniform by default).

@@ -1,6 +1,6 @@
 """CML: removing a modality must not raise the model's confidence (Ma et al., ICML 2023).
 
-Specification: ``spec/regularizers.md`` sections 1 and 4.3. For every (superset S,
+User guide: docs/multimodal-plugins.md (CMLPlugin). For every (superset S,
 subset T) pair of modality masks the term is the hinge relu(c_T − c_S − margin) on the
 confidence c (max softmax probability, or its log), gated as the reference code does
 if asked, averaged over samples and pairs (``reduction="sum"``: summed over the batch,
@@ -47,7 +47,7 @@ def cml_hinge(superset_logits: torch.Tensor, subset_logits: torch.Tensor,
               confidence_kind: Union[str, Callable] = "msp") -> torch.Tensor:
     """Per-sample hinge relu(c_T − c_S − margin) (B,), gated.
 
-    Gates (spec 1.2): ``none`` (the paper); ``superset_correct`` (only where the
+    Gates: ``none`` (the paper); ``superset_correct`` (only where the
     superset is right); ``miwae`` (superset right, plus both wrong with c_S detached,
     pushing only the subset down); ``cpm`` (every pair except where removing the modality
     fixed a wrong prediction).

@@ -1,6 +1,6 @@
 """MAD, MMANet's margin-aware distillation (Wei, Luo, Luo, CVPR 2023).
 
-Specification: ``spec/regularizers.md`` sections 2.4 and 4.3. Similarity-preserving
+User guide: docs/multimodal-plugins.md (MADPlugin). Similarity-preserving
 distillation between the row-normalised batch Gram matrices of the student (the
 dropout-masked model) and a full-modality teacher, each sample weighted by the teacher's
 normalised prediction entropy (its "margin": uncertain samples count more):

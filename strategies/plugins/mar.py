@@ -1,6 +1,6 @@
 """MAR, MMANet's modality-aware regularisation (Wei, Luo, Luo, CVPR 2023).
 
-Specification: ``spec/regularizers.md`` sections 2.3 and 4.3. In the mining epochs the
+User guide: docs/multimodal-plugins.md (MARPlugin). In the mining epochs the
 model is evaluated with each candidate modality subset on a split held out from the
 current experience's *training* data (never test data); the subsets whose predictions
 differ most from the full-modality ones are the weak combinations. From ``begin_epoch``

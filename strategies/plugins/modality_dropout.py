@@ -1,5 +1,5 @@
 """Modality dropout: train on random modality subsets so subset predictions are in
-distribution (spec ``regularizers.md`` 2.2 and 4.3). List it before the regularisers."""
+distribution (docs/multimodal-plugins.md). List it before the regularisers."""
 from __future__ import annotations
 
 from typing import Mapping, Optional, Union

@@ -1,4 +1,4 @@
-"""What the multimodal regularisation plugins share (spec ``regularizers.md`` 4.3).
+"""What the multimodal regularisation plugins share (docs/multimodal-plugins.md, "Plugins").
 
 A :class:`RegularizerPlugin` adds ``weight · term(strategy)`` to ``strategy.loss`` in
 ``before_backward`` from its ``start_epoch`` on, and records the term's value in
