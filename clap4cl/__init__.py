@@ -15,7 +15,7 @@ from clap4cl._lazy import lazy_exports
 # picked no solver wheel; that line would also break the CLI's one-line error contract.
 _warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "CLIPAdapterModel": "clap4cl.models.adapter",

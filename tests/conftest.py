@@ -1,4 +1,6 @@
 """Shared fixtures: one random-weight tiny backbone per session and a fresh cache root."""
+from pathlib import Path
+
 import pytest
 
 from clap4cl.encoders.backbones import load_clip
@@ -19,3 +21,13 @@ def cache_root(tmp_path):
     root = tmp_path / "cache"
     root.mkdir()
     return root
+
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items):
+    """Tests under tests/integration/ (whole runs, subprocesses) are marked ``slow``."""
+    for item in items:
+        if INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "avalanche", "open_clip", "matplotlib")
 
 # Runs the CLI's main() in a fresh interpreter, then prints its exit status and which heavy

@@ -9,7 +9,7 @@ import pytest
 from clap4cl.errors import ConfigError
 from clap4cl.runner.config import CHOICES, LIST_CHOICES, defaults, load_config
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "choices.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "choices.md"
 # Keys whose names are another key's: their comment and docs row point there.
 SAME_AS = {"eval.novelty_dataset": "dataset.name"}
 

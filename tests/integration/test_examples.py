@@ -4,7 +4,7 @@ import runpy
 from pathlib import Path
 
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def example(name):

@@ -1,6 +1,6 @@
 """Extract a small random image set through ``FeatureCache``, alone or under torchrun.
 
-Run by tests/test_distributed_extraction.py (not collected by pytest itself)::
+Run by tests/integration/test_distributed_extraction.py (not collected by pytest itself)::
 
     python sharded_extract_helper.py CACHE_DIR REPORT_DIR [--cache-per-rank]
 

@@ -13,7 +13,7 @@ from clap4cl import distributed
 from clap4cl.runner.config import load_config
 from clap4cl.runner.experiment import run_experiment
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL_CLAP = ["method=clap", "dataset.n_experiences=2", "dataset.options.n_classes=10",
               "clap.epochs=3", "logging.progress=false", "logging.tensorboard=false"]
 
