@@ -38,6 +38,13 @@ class CLAP(MultimodalStep, ReplayTemplate):
     """
 
     train_method = "sample"
+    #: Evaluation sampling, set by the caller per evaluated experience (the experiment
+    #: runner does): the generator evaluation draws ε from (None: the global RNG), M in
+    #: evaluation (None: the model's ``mc_samples``) and whether the prediction
+    #: (``mb_output``) is the closed-form mean E[s] instead of the mean of the M samples.
+    eval_generator: Optional[torch.Generator] = None
+    eval_mc_samples: Optional[int] = None
+    eval_mean_only: bool = False
 
     def __init__(self, *, model: ClapModel, memory: Optional[ClassBalancedMemory] = None,
                  train_epochs: int = 5, finetune_epochs: int = 2, lr: float = 1.6e-3,
@@ -106,9 +113,15 @@ class CLAP(MultimodalStep, ReplayTemplate):
         The batch is encoded once (``mb_feats``, for the plugins of the step) and sampled
         with the step's modality mask ``mb_present``."""
         self.mb_feats = self.model.encode(self.mb_x)
-        self.clap_output = self.model_forward(self.mb_feats["image"], self.mb_present)
-        if not self.is_training:
-            self.mb_sample_logits = self.clap_output.logits.detach().transpose(0, 1)
+        if self.is_training:
+            self.clap_output = self.model_forward(self.mb_feats["image"], self.mb_present)
+            return self.clap_output.mean_logits
+        images, present = self.mb_feats["image"], self.mb_present
+        self.clap_output = self.model_forward(images, present, self.eval_mc_samples, None,
+                                              self.eval_generator)
+        self.mb_sample_logits = self.clap_output.logits.detach().transpose(0, 1)
+        if self.eval_mean_only:
+            return self.model_forward(images, present, 0).logits[0]
         return self.clap_output.mean_logits
 
     def criterion(self):

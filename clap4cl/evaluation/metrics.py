@@ -183,16 +183,18 @@ def task_aware_accuracy(logits: np.ndarray, targets: np.ndarray, classes: Sequen
 
 
 def step_metrics(per_experience: Sequence, classes_per_experience: Sequence[Sequence[int]],
-                 batch_size: int = 32) -> dict:
+                 batch_size: int = 32, predictions: Optional[Sequence] = None) -> dict:
     """The numbers of one evaluation step, computed once from the logits of every seen
     experience: ``per_experience[k] = (sample logits (N, M, C), targets)``.
 
-    Predictions use the mean over the M samples. Returns ``row`` (accuracy per seen
+    Predictions use the mean over the M samples, or ``predictions[k]`` (N, C) when given
+    (e.g. CLAP's closed-form mean logits). Returns ``row`` (accuracy per seen
     experience), ``step_accuracy`` (over all seen samples), ``ece`` and ``calibration``
     (:func:`calibration_metrics`) of the seen samples, and ``task_aware_accuracy`` (each
     sample's prediction restricted to its experience's classes, ``classes_per_experience[k]``).
     """
-    mean_logits = [np.asarray(l).mean(1) for l, _ in per_experience]
+    mean_logits = ([np.asarray(l).mean(1) for l, _ in per_experience] if predictions is None
+                   else [np.asarray(p) for p in predictions])
     targets = [np.asarray(y) for _, y in per_experience]
     seen_logits, seen_y = np.concatenate(mean_logits), np.concatenate(targets)
     calibration = calibration_metrics(seen_logits, seen_y, batch_size)

@@ -54,11 +54,15 @@ def evaluation_subsets(model, pairs) -> List[Subset]:
 
 
 @torch.no_grad()
-def subset_log_probs(model, feats, subsets: Sequence[Subset]) -> Dict[Subset, torch.Tensor]:
-    """log p (B, C) of ``model`` for each batch-wide subset."""
+def subset_log_probs(model, feats, subsets: Sequence[Subset],
+                     generator: Optional[torch.Generator] = None) -> Dict[Subset, torch.Tensor]:
+    """log p (B, C) of ``model`` for each batch-wide subset (a sampling model draws from
+    ``generator``; None: the global RNG)."""
     batch = next(iter(feats.values())).shape[0]
     device = next(iter(feats.values())).device
-    return {s: _log_probs(model.head(feats, torch.tensor(s, device=device).expand(batch, -1)))
+    kwargs = {} if generator is None else {"generator": generator}
+    return {s: _log_probs(model.head(feats, torch.tensor(s, device=device).expand(batch, -1),
+                                     **kwargs))
             for s in subsets}
 
 
@@ -114,8 +118,12 @@ class ReliabilityAccumulator:
 
 @torch.no_grad()
 def reliability_report(model, datasets, *, batch_size: int = 256, device="cpu",
-                       pairs: str = "leave_one_out", margin: float = 0.0) -> Dict[str, float]:
-    """The reliability metrics of ``model`` (eval mode) over the union of ``datasets``."""
+                       pairs: str = "leave_one_out", margin: float = 0.0,
+                       generator: Optional[torch.Generator] = None) -> Dict[str, float]:
+    """The reliability metrics of ``model`` (eval mode) over the union of ``datasets``.
+
+    A sampling model (CLAP) draws its samples from ``generator`` (None: the global RNG);
+    the data loader draws nothing from the global RNG either."""
     from torch.utils.data import ConcatDataset, DataLoader
 
     model = as_multimodal(model)
@@ -125,16 +133,18 @@ def reliability_report(model, datasets, *, batch_size: int = 256, device="cpu",
     acc = ReliabilityAccumulator(model.modality_names, chosen, margin)
     subsets = evaluation_subsets(model, chosen)
     try:
-        for batch in DataLoader(ConcatDataset(list(datasets)), batch_size=batch_size):
+        for batch in DataLoader(ConcatDataset(list(datasets)), batch_size=batch_size,
+                                generator=torch.Generator()):
             feats = model.encode(batch[0].to(device))
-            acc.update(subset_log_probs(model, feats, subsets), torch.as_tensor(batch[1]))
+            acc.update(subset_log_probs(model, feats, subsets, generator),
+                       torch.as_tensor(batch[1]))
     finally:
         model.train(was_training)
     return acc.result()
 
 
 @torch.no_grad()
-def class_prior_probe(model) -> Dict[str, float]:
+def class_prior_probe(model, generator: Optional[torch.Generator] = None) -> Dict[str, float]:
     """The prediction with the image removed (the model's class prior): its entropy
     (nats), top class and probability mass on the newest task's classes (recency bias).
     Needs a model whose empty mask is valid and which has a null image (CLAP)."""
@@ -142,7 +152,9 @@ def class_prior_probe(model) -> Dict[str, float]:
     if not model.allow_empty:
         raise ValueError(f"{type(model).__name__} cannot predict without its modalities")
     feats = {"image": model.null_image[None].clone()}
-    lp = _log_probs(model.head(feats, torch.zeros(1, model.n_modalities, dtype=torch.bool)))[0]
+    kwargs = {} if generator is None else {"generator": generator}
+    lp = _log_probs(model.head(feats, torch.zeros(1, model.n_modalities, dtype=torch.bool),
+                               **kwargs))[0]
     p = lp.exp()
     newest = model.task_of_class() == model.heads.n_tasks - 1
     return {"PriorEntropy": float(-(p * lp).sum()), "PriorTopClass": float(p.argmax()),
@@ -225,7 +237,9 @@ class ModalityReliabilityMetric(_DictMetric):
             self._subsets = evaluation_subsets(model, self._pairs)
             self._acc = ReliabilityAccumulator(model.modality_names, self._pairs, self.margin)
         feats = step_features(strategy, model)
-        self._acc.update(subset_log_probs(model, feats, self._subsets), strategy.mb_y)
+        self._acc.update(subset_log_probs(model, feats, self._subsets,
+                                          getattr(strategy, "eval_generator", None)),
+                         strategy.mb_y)
 
     def __str__(self):
         return "ModalityReliability"

@@ -90,9 +90,35 @@ def novelty_score(name: str, logits) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_logits(model, x: torch.Tensor, n_samples: Optional[int] = None) -> torch.Tensor:
+def sample_logits(model, x: torch.Tensor, n_samples: Optional[int] = None,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(B, M, C) Monte-Carlo logits of a model: M samples for models with
-    ``forward_samples`` (``ClapModel``), else its single output as M = 1."""
+    ``forward_samples`` (``ClapModel``; ``n_samples`` None = its M, 0 = the closed-form
+    mean as one sample, ε drawn from ``generator``), else its single output as M = 1."""
     if hasattr(model, "forward_samples"):
-        return model.forward_samples(x, n_samples).logits.transpose(0, 1)
+        kwargs = {} if generator is None else {"generator": generator}
+        return model.forward_samples(x, n_samples, **kwargs).logits.transpose(0, 1)
     return model(x)[:, None, :]
+
+
+# The kinds of data one evaluation step draws samples for (the third key of eval_generator).
+EXPERIENCE, EXTERNAL, RELIABILITY, MIXED = range(4)
+
+
+def eval_seed(seed: int, step: int, kind: int, index: int = 0) -> int:
+    """A 63-bit seed for the evaluation samples of (run ``seed``, ``step``, ``kind``,
+    ``index``): distinct keys give independent streams, equal keys the same one."""
+    import numpy as np
+
+    keys = [int(k) for k in (seed, step, kind, index)]
+    if min(keys) < 0:
+        raise ValueError(f"evaluation seed keys must be >= 0, got {keys}")
+    hi, lo = np.random.SeedSequence(keys).generate_state(2, np.uint32)
+    return (int(hi) << 31) ^ int(lo)
+
+
+def eval_generator(seed: int, step: int, kind: int, index: int = 0) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`eval_seed`: evaluation draws its
+    Monte-Carlo samples from it, never from the global RNG, so evaluating changes no
+    training and the same model evaluated twice gives the same numbers."""
+    return torch.Generator().manual_seed(eval_seed(seed, step, kind, index))

@@ -299,9 +299,10 @@ def plot_data_to_tensors(plot_data: Dict[str, Any]) -> Dict[str, Any]:
     out = {}
     if "reliability" in plot_data:
         out["reliability"] = pair(plot_data["reliability"])
-    if "roc" in plot_data:
-        roc = plot_data["roc"]
-        out["roc"] = None if roc is None else {name: pair(p) for name, p in roc.items()}
+    for key in ("roc", "roc_external"):
+        if key in plot_data:
+            roc = plot_data[key]
+            out[key] = None if roc is None else {name: pair(p) for name, p in roc.items()}
     return out
 
 
@@ -312,8 +313,9 @@ def plot_data_from_tensors(saved: Dict[str, Any]) -> Dict[str, Any]:
     out = {}
     if "reliability" in saved:
         out["reliability"] = pair(saved["reliability"])
-    if "roc" in saved:
-        out["roc"] = None if saved["roc"] is None else {n: pair(p) for n, p in saved["roc"].items()}
+    for key in ("roc", "roc_external"):
+        if key in saved:
+            out[key] = None if saved[key] is None else {n: pair(p) for n, p in saved[key].items()}
     return out
 
 

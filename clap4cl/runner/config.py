@@ -37,6 +37,7 @@ NULLABLE = {
     "cache.dir": (str,),
     "eval.novelty_dataset": (str,),
     "eval.novelty_root": (str,),
+    "eval.mc_samples": (int,),
 }
 
 # Every key with a fixed set of values, read from the registry next to what it selects
@@ -174,6 +175,9 @@ def validate(config: Dict[str, Any]) -> None:
     for key in POSITIVE:
         if get(config, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {get(config, key)}")
+    if config["eval"]["mc_samples"] is not None and config["eval"]["mc_samples"] <= 0:
+        raise ConfigError(f"eval.mc_samples must be positive or null (the model's clap.mc_samples), "
+                          f"got {config['eval']['mc_samples']}")
     for key in NON_NEGATIVE:
         if get(config, key) < 0:
             raise ConfigError(f"{key} must not be negative, got {get(config, key)}")

@@ -65,7 +65,9 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     RNGManager.set_random_seeds(seed)
     evaluator, _ = make_evaluator(output, config, progress, write_tensorboard=main)
     strategy = build_strategy(config, text, logit_scale, evaluator,
-                              plugins=[LogitsCollector()], benchmark=benchmark)
+                              plugins=[LogitsCollector(config["eval"]["mc_samples"],
+                                                       config["eval"]["mean_only"])],
+                              benchmark=benchmark)
     null_image = null_image_embedding(backbone, benchmark)
     if null_image is not None and hasattr(strategy.model, "set_null_image"):
         strategy.model.set_null_image(null_image)
@@ -88,7 +90,8 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         release_freed_memory()
         latest = evaluated.pop("plot_data")
         state["plot_data"]["reliability"] = latest["reliability"]
-        state["plot_data"]["roc"] = latest["roc"] or state["plot_data"].get("roc")
+        for key in ("roc", "roc_external"):   # the last step that has them
+            state["plot_data"][key] = latest[key] or state["plot_data"].get(key)
         state["rows"].append(evaluated["row"])
         state["steps"].append(evaluated)
         results = summarise(config, benchmark, state["rows"], state["steps"], timer,

@@ -28,6 +28,13 @@ from clap4cl.models.multimodal import MultimodalModule
 
 
 
+def _normal(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Standard normal draws on ``device``, from ``generator`` (on its own device) if given."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
 @dataclass
 class ClapOutput:
     """Everything one CLAP forward pass produces.
@@ -199,15 +206,18 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
         return t + self.vga(t, images, self.task_of_class(), context)
 
     def forward_samples(self, x: torch.Tensor, n_samples: Optional[int] = None,
-                        context: Optional[str] = None,
-                        present: Optional[torch.Tensor] = None) -> ClapOutput:
+                        context: Optional[str] = None, present: Optional[torch.Tensor] = None,
+                        generator: Optional[torch.Generator] = None) -> ClapOutput:
         """All M sampled logits (M, B, C) plus μ, σ and the mean of ε.
 
-        ``present`` is a batch-wide modality mask (None: every component)."""
-        return self.sample(self.encode(x)["image"], present, n_samples, context)
+        ``present`` is a batch-wide modality mask (None: every component); ``n_samples``
+        is M (None: ``mc_samples``; 0: no sampling, the closed-form mean E[s] as one
+        row); ``generator`` is the source of ε (None: the global RNG)."""
+        return self.sample(self.encode(x)["image"], present, n_samples, context, generator)
 
     def sample(self, images: torch.Tensor, present: Optional[torch.Tensor] = None,
-               n_samples: Optional[int] = None, context: Optional[str] = None) -> ClapOutput:
+               n_samples: Optional[int] = None, context: Optional[str] = None,
+               generator: Optional[torch.Generator] = None) -> ClapOutput:
         """:meth:`forward_samples` on encoded images, with the components of ``present``."""
         if self.n_seen_classes == 0:
             raise RuntimeError("the model has no heads yet: train it on an experience first")
@@ -215,16 +225,16 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
         h = self.refined_text(images, context, guidance)
         mu, sigma = self.heads(h)
         base = self._scores(images, h + mu)                                 # (B, C)
-        if sigma is None:
+        m = self.mc_samples if n_samples is None else int(n_samples)
+        if sigma is None or m == 0:                      # E[s] = τ⟨x̂, h + μ⟩: ε has mean 0
             return ClapOutput(base[None], mu, None, None)
-        m = n_samples or self.mc_samples
-        eps = torch.randn((m,) + mu.shape[-2:], device=mu.device)           # (M, C, D)
+        eps = _normal((m,) + mu.shape[-2:], mu.device, generator)           # (M, C, D)
         return ClapOutput(base[None] + self._noise_scores(images, sigma, eps), mu, sigma, eps.mean(0))
 
     def head(self, feats, present: Optional[torch.Tensor] = None, *,
-             mc_samples: bool = False) -> torch.Tensor:
+             mc_samples: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """log of the mean over M samples of softmax (B, C), or the raw (M, B, C) logits."""
-        logits = self.sample(feats["image"], present).logits
+        logits = self.sample(feats["image"], present, generator=generator).logits
         if mc_samples:
             return logits
         return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
@@ -263,18 +273,20 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
             images = self.null_image.expand_as(images)
         return images, guidance_on
 
-    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Mean over M samples of the logits, (B, C).
 
         The mean is linear in ε, so it is computed from one draw ε̄ ~ N(0, I/M): the
-        same distribution as averaging M sampled logits.
+        same distribution as averaging M sampled logits. ``generator``: the source of
+        ε̄ (None: the global RNG).
         """
         images, guidance = self._apply_mask(self.encode(x)["image"], present)
         h = self.refined_text(images, guidance=guidance)
         mu, sigma = self.heads(h)
         logits = self._scores(images, h + mu)
         if sigma is not None:
-            eps_mean = torch.randn(mu.shape[-2:], device=mu.device) / math.sqrt(self.mc_samples)
+            eps_mean = _normal(mu.shape[-2:], mu.device, generator) / math.sqrt(self.mc_samples)
             logits = logits + self._noise_scores(images, sigma, eps_mean[None])[0]
         return logits
 
