@@ -174,7 +174,7 @@ class ContinualAccuracyMetric(PluginMetric[float]):
         }
         if len(rows) == len(self.matrix) and len(rows) > 1:
             values["BWT"] = metrics.backward_transfer(rows)
-            values["Forgetting"] = metrics.forgetting(rows)
+            values["MaxDropForgetting"] = metrics.forgetting(rows)   # not Avalanche's StreamForgetting
         x = strategy.clock.train_iterations
         stream = stream_type(strategy.experience)
         return [MetricValue(self, f"{name}/eval_phase/{stream}_stream", value, x)

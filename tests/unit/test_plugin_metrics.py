@@ -82,7 +82,8 @@ def test_plugin_metrics_in_an_evaluation_plugin_with_clap():
     per_exp = [last[f"Top1_Acc_Exp/{stream}/Task000/Exp{k:03d}"] for k in range(3)]
     assert last[f"StepAccTaskMean/{stream}"] == pytest.approx(np.mean(per_exp))
     assert last[f"BWT/{stream}"] == pytest.approx(last[f"StreamBWT/{stream}"])
-    assert last[f"Forgetting/{stream}"] == pytest.approx(last[f"StreamForgetting/{stream}"])
+    # equal here because no accuracy rose after its experience was learned (see the docs)
+    assert last[f"MaxDropForgetting/{stream}"] == pytest.approx(last[f"StreamForgetting/{stream}"])
     steps = [c[f"StepAcc/{stream}"] for c in collected]
     assert last[f"AvgIncrementalAcc/{stream}"] == pytest.approx(np.mean(steps))
     for name in ("ECE", "ReferenceBatchMeanECE", "NLL", "Brier", "AURC", "EAURC"):
@@ -91,3 +92,11 @@ def test_plugin_metrics_in_an_evaluation_plugin_with_clap():
     assert 0 <= last[f"ECE_Stream/{stream}/Task000"] <= 1
     task_aware = last[f"TaskAwareAcc_Stream/{stream}/Task000"]
     assert task_aware >= last[f"Top1_Acc_Stream/{stream}/Task000"] - 1e-9   # knowing the task helps
+
+
+def test_the_two_forgetting_numbers_differ_when_an_accuracy_rises_later():
+    # Avalanche's StreamForgetting: mean over k < T-1 of acc[k][k] - acc[T-1][k] (= -BWT);
+    # the toolkit's MaxDropForgetting: the largest drop from any earlier accuracy on k.
+    acc = [[0.5], [0.9, 0.8], [0.6, 0.7, 0.9]]
+    assert metrics.forgetting(acc) == pytest.approx(0.2)            # (0.9-0.6 + 0.8-0.7) / 2
+    assert -metrics.backward_transfer(acc) == pytest.approx(0.0)    # (0.5-0.6 + 0.8-0.7) / 2
