@@ -50,7 +50,8 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
                       first_experience_classes: Optional[int] = None, level: str = "image",
                       backbone=None, cache=None, train_transform: Optional[Callable] = None,
                       eval_transform: Optional[Callable] = None, progress: bool = True,
-                      batch_size: int = 128, num_workers: int = 0, **dataset_kwargs):
+                      batch_size: int = 128, num_workers: int = 0,
+                      templates: Optional[Sequence] = None, **dataset_kwargs):
     """A class-incremental Avalanche benchmark (``nc_benchmark``, no task labels).
 
     Labels are remapped so that label i is original class ``class_order[i]``.
@@ -67,19 +68,24 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
             frozen CLIP features from ``scenarios.features.to_feature_splits``, which
             needs ``backbone`` and uses ``cache``). ``synthetic`` is always features.
         backbone: a :class:`clap4cl.FrozenCLIP`; at image level its
-            ``preprocess_train`` / ``preprocess_test`` are the default transforms.
+            ``preprocess_train`` / ``preprocess_test`` are the default transforms. Given
+            a backbone, the benchmark carries the class text features of its classes
+            (``benchmark.text_features``, computed with
+            ``clap4cl.class_text_features(backbone, class_names, templates)``).
         cache: a :class:`clap4cl.FeatureCache` for ``level="features"`` (None = the
             default cache directory).
         train_transform, eval_transform: image-level transforms (override the backbone's;
             with neither, items are PIL images).
         progress, batch_size, num_workers: feature extraction settings.
+        templates: prompt templates of the class text features (None: the dataset's).
         **dataset_kwargs: options of the dataset loader (e.g. ``download=True`` for
             CIFAR, ``n_classes=20`` for synthetic).
 
     Returns:
         An Avalanche ``NCScenario`` whose ``info`` attribute is a :class:`StreamInfo`
         (dataset name, class order, class names, templates, classes per experience, level,
-        fingerprint, and the stream's own text features, modality widths or null image).
+        fingerprint, the class text features (the stream's own, or computed from the
+        backbone), modality widths or null image).
         The same fields are also readable as attributes of the benchmark itself
         (``benchmark.class_names``, ...), as lists, for scripts written before ``info``.
     """
@@ -98,13 +104,31 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
     order, sizes = _plan_stream(splits.n_classes, n_experiences, run, class_order,
                                 first_experience_classes, splits.train.targets,
                                 splits.test.targets)
+    if level == "features" and cache is None:
+        from clap4cl.features.cache import FeatureCache
+        from clap4cl.paths import default_cache_dir
+
+        cache = FeatureCache(default_cache_dir())
     if level == "image":
         train, test = _image_level(splits, backbone, train_transform, eval_transform)
     else:
         train, test = _feature_level(splits, backbone, cache, progress, batch_size, num_workers)
     benchmark = _nc_benchmark(train, test, order, sizes, features=level == "features")
-    return _annotate(benchmark, key, order, sizes, [splits.class_names[c] for c in order],
-                     splits.templates, None, level, splits.fingerprint)
+    class_names = [splits.class_names[c] for c in order]
+    templates = tuple(templates) if templates else tuple(splits.templates)
+    text = _text_features(backbone, class_names, templates, cache)
+    return _annotate(benchmark, key, order, sizes, class_names, templates, text, level,
+                     splits.fingerprint)
+
+
+def _text_features(backbone, class_names, templates, cache):
+    """The class text statistics in label order, given a backbone and templates (else None)."""
+    if backbone is None or not templates:
+        return None
+    from clap4cl.encoders.prompts import class_text_features
+
+    return class_text_features(backbone, class_names, templates,
+                               cache_dir=None if cache is None else cache.root)
 
 
 def _plan_stream(n_classes, n_experiences, run, class_order, first_experience_classes,
@@ -129,14 +153,8 @@ def _image_level(splits: DatasetSplits, backbone, train_transform, eval_transfor
 
 
 def _feature_level(splits: DatasetSplits, backbone, cache, progress, batch_size, num_workers):
-    from clap4cl.features.cache import FeatureCache
-
     from scenarios.features import to_feature_splits
 
-    if cache is None:
-        from clap4cl.paths import default_cache_dir
-
-        cache = FeatureCache(default_cache_dir())
     return to_feature_splits(splits, backbone, cache, batch_size=batch_size,
                              num_workers=num_workers, progress=progress)
 

@@ -14,13 +14,16 @@ class StreamInfo:
         dataset_name: registry name of the dataset, e.g. ``"cifar100"``.
         class_order: original class id of each label (label i is ``class_order[i]``).
         class_names: class names in label order.
-        templates: the dataset's prompt templates (empty for feature-only streams).
+        templates: the prompt templates of ``text_features`` (the dataset's unless
+            given; empty for feature-only streams).
         classes_per_experience: the labels of each experience.
         level: ``"image"`` or ``"features"``.
         fingerprint: identifies the data content (the feature cache keys on it).
         text_features: class text statistics in label order
-            (:class:`clap4cl.encoders.text_features.ClassTextFeatures`) when the stream
-            brings its own (``synthetic``), else None: compute them from ``class_names``.
+            (:class:`clap4cl.encoders.text_features.ClassTextFeatures`): the stream's own
+            (``synthetic``), or computed from ``class_names`` and ``templates`` when the
+            benchmark was built with a backbone; None otherwise (streams without class
+            text, or image streams built without a backbone).
         input_dims: width of each modality for streams of several modalities without
             class text (``two_modality``), else None.
         null_image: the embedding standing for "no image" when the stream defines one

@@ -39,7 +39,7 @@ def build_benchmark(config: Dict[str, Any], backbone, cache: FeatureCache, progr
         class_order=ds["class_order"], first_experience_classes=ds["first_experience_classes"],
         level="features", backbone=backbone, cache=cache, download=ds["download"],
         progress=progress, batch_size=config["cache"]["batch_size"],
-        num_workers=config["cache"]["num_workers"], **ds["options"])
+        num_workers=config["cache"]["num_workers"], templates=ds["templates"], **ds["options"])
 
 
 def stream_text_features(config, benchmark, backbone, cache: FeatureCache):

@@ -115,6 +115,10 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
                              f"got {language_init_classes!r}")
         if mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        if text is None:
+            raise TypeError("ClapModel needs class text features, got None: build the stream with "
+                            "scenarios.class_incremental(..., backbone=clip) and pass bench.text_features, "
+                            "or clap4cl.class_text_features(clip, bench.class_names, bench.templates)")
         dim = text.dim
         self.register_buffer("class_features", text.normalized.float().clone())
         self.register_buffer("text_mean", text.mean.float().clone())
