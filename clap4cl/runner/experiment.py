@@ -21,7 +21,8 @@ from clap4cl.runner.evaluate import LogitsCollector, evaluate_step
 from clap4cl.runner.inputs import (SYNTHETIC_LOGIT_SCALE, build_benchmark, check_novelty_dataset,
                                    load_backbone, load_external_ood, null_image_embedding,
                                    stream_text_features)
-from clap4cl.runner.logs import log_step_scalars, make_evaluator, tensorboard_logger, write_plots
+from clap4cl.runner.logs import (RunProgress, log_step_scalars, make_evaluator, tensorboard_logger,
+                                 write_plots)
 from clap4cl.runner.results import Timer, plugin_name, summarise
 from clap4cl.runner.threads import phase_threads, run_heads_are_heavy, single_interop_thread
 from clap4cl.runner.rundir import (prepare_run_dir, release_freed_memory, resume,
@@ -63,7 +64,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     logit_scale = backbone.logit_scale if backbone is not None else SYNTHETIC_LOGIT_SCALE
     # Seeded after extraction, so results do not depend on whether the cache was warm.
     RNGManager.set_random_seeds(seed)
-    evaluator, _ = make_evaluator(output, config, progress, write_tensorboard=main)
+    evaluator, _ = make_evaluator(output, config, write_tensorboard=main)
     strategy = build_strategy(config, text, logit_scale, evaluator,
                               plugins=[LogitsCollector(config["eval"]["mc_samples"],
                                                        config["eval"]["mean_only"])],
@@ -78,16 +79,21 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     collector = next(p for p in strategy.plugins if isinstance(p, LogitsCollector))
     tensorboard = tensorboard_logger(strategy)
     results = state["results"]
+    bar = RunProgress(len(benchmark.train_stream), start, enabled=progress)
     for step in range(start, len(benchmark.train_stream)):
+        bar.start(step, "train")
         with timer.phase("train"), phase_threads("train", threads, heavy=heavy):
             strategy.train(benchmark.train_stream[step])
         release_freed_memory()
+        bar.finish(step, "train")
         if not main:
             continue
+        bar.start(step, "eval")
         with timer.phase("eval"), phase_threads("eval", threads, heavy=heavy):
             evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed,
                                       external_ood)
         release_freed_memory()
+        bar.finish(step, "eval")
         latest = evaluated.pop("plot_data")
         state["plot_data"]["reliability"] = latest["reliability"]
         for key in ("roc", "roc_external"):   # the last step that has them
@@ -101,6 +107,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         state["timer"] = dict(timer.seconds)
         save_run_checkpoint(strategy, output)
         write_json_atomic(output / "results.json", results)
+    bar.close()
     if not main:
         return {}
     write_plots(output, results, state["plot_data"], tensorboard)

@@ -70,40 +70,59 @@ def reliability_diagram(bins: CalibrationBins, title: str = "") -> plt.Figure:
 
 def novelty_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray]],
                 auroc_per_step: Optional[Dict[str, List[Tuple[int, float]]]] = None,
-                title: str = "") -> plt.Figure:
-    """Left: ROC curves, ``curves[name] = (in-distribution scores, novel scores)``.
-    Right: AUROC of each score per step, ``auroc_per_step[name] = [(step, auroc), ...]``."""
-    fig, (ax, ax_steps) = plt.subplots(1, 2, figsize=(9, 4.2))
-    for name, (id_scores, ood_scores) in curves.items():
-        y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
-        fpr, tpr, _ = roc_curve(y, np.concatenate([id_scores, ood_scores]))
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], "k:", linewidth=1)
-    ax.set(xlabel="false positive rate (novel accepted)", ylabel="true positive rate (seen kept)",
-           title=f"{title}, last step" if title else "last step")
-    for name, points in (auroc_per_step or {}).items():
-        steps, values = zip(*points)
-        ax_steps.plot(np.asarray(steps) + 1, 100 * np.asarray(values), marker="o", label=name)
-        ax_steps.set_xticks(np.asarray(steps) + 1)
+                title: str = "", external: Optional[Dict[str, Tuple[np.ndarray, np.ndarray]]] = None,
+                external_auroc_per_step: Optional[Dict[str, List[Tuple[int, float]]]] = None,
+                external_name: str = "external") -> plt.Figure:
+    """ROC curves at the last step with future classes, ``curves[name] = (in-distribution
+    scores, novel scores)``; with ``external`` (the ``eval.novelty_dataset`` scores at the
+    last step) a second panel of its ROC curves; last, the AUROC of each score per step
+    (future classes solid, the external dataset dashed)."""
+    panels = 3 if external else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4.2))
+    ax, ax_steps = axes[0], axes[-1]
+    _roc_panel(ax, curves, f"{title}: future classes, last step" if title else
+               "future classes, last step")
+    if external:
+        _roc_panel(axes[1], external, f"{external_name}, last step")
+    for points_by_score, style, suffix in ((auroc_per_step, "-", ""),
+                                           (external_auroc_per_step, "--", f" ({external_name})")):
+        for name, points in (points_by_score or {}).items():
+            steps, values = zip(*points)
+            ax_steps.plot(np.asarray(steps) + 1, 100 * np.asarray(values), style, marker="o",
+                          label=name + suffix)
+            ax_steps.set_xticks(np.asarray(steps) + 1)
     ax_steps.axhline(50, color="k", linestyle=":", linewidth=1)
     ax_steps.set(xlabel="experiences learned", ylabel="AUROC (%)", ylim=(0, 100), title="per step")
-    for axis in (ax, ax_steps):
+    for axis in axes:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig
 
 
+def _roc_panel(ax, curves, title: str) -> None:
+    for name, (id_scores, ood_scores) in curves.items():
+        y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+        fpr, tpr, _ = roc_curve(y, np.concatenate([id_scores, ood_scores]))
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=1)
+    ax.set(xlabel="false positive rate (novel accepted)", ylabel="true positive rate (seen kept)",
+           title=title)
+
+
 def run_figures(results: Dict, reliability: Tuple[np.ndarray, np.ndarray],
-                roc_curves: Optional[Dict]) -> Dict[str, plt.Figure]:
-    """The four figures of a run, keyed by file name."""
+                roc_curves: Optional[Dict], roc_external: Optional[Dict] = None) -> Dict[str, plt.Figure]:
+    """The four figures of a run, keyed by file name (``novelty_roc.png`` has a panel for
+    the external novelty dataset when the run has one)."""
     name = f"{results['method']} on {results['dataset']}"
     figures = {
         "accuracy_per_step.png": accuracy_per_step(results["step_accuracy"], name),
         "accuracy_matrix.png": accuracy_matrix(results["accuracy_matrix"], name),
         "reliability.png": reliability_diagram(calibration_bins(*reliability), f"{name}, last step"),
-        "novelty_roc.png": novelty_roc(roc_curves or {}, _auroc_per_step(results["novelty"]),
-                                       f"{name}: novelty"),
+        "novelty_roc.png": novelty_roc(
+            roc_curves or {}, _auroc_per_step(results["novelty"]), f"{name}: novelty",
+            external=roc_external, external_auroc_per_step=_auroc_per_step(results["novelty_external"]),
+            external_name=results.get("novelty_external_dataset") or "external"),
     }
     return figures
 
