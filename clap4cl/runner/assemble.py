@@ -19,7 +19,8 @@ from strategies.multi_encoder import AdamNaive, QuietReplayPlugin
 from strategies.selectors import make_selector
 from strategies.zeroshot import ZeroShotCLIP
 
-METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder")
+METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder",
+           "coop", "clap_coop")
 
 
 def model_eval_context(eval_context: str) -> str:
@@ -73,7 +74,8 @@ def build_multi_encoder(config: Dict[str, Any], input_dims, n_classes, *, eval_m
 def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeatures,
                       logit_scale: float, evaluator=None, plugins: Sequence = (),
                       image_encoder=None, device: Optional[str] = None,
-                      input_dims: Optional[Dict[str, int]] = None, n_classes: Optional[int] = None):
+                      input_dims: Optional[Dict[str, int]] = None, n_classes: Optional[int] = None,
+                      backbone=None):
     """The strategy of ``config['method']`` with every hyperparameter from ``config``.
 
     Args:
@@ -86,6 +88,8 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
         device: training device (default: ``backbone.device``).
         input_dims, n_classes: the modalities' widths and the stream's classes
             (``multi_encoder`` only; ``benchmark.input_dims`` of the two_modality stream).
+        backbone: the frozen ``FrozenCLIP`` whose text tower learned prompts run through
+            (``coop`` and ``clap_coop`` only).
     """
     method = config["method"]
     device = device or config["backbone"]["device"]
@@ -97,6 +101,12 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
     if method == "multi_encoder":
         return build_multi_encoder(config, input_dims, n_classes, **common)
     memory = build_memory(config["memory"])
+    if method in ("coop", "clap_coop"):
+        from clap4cl.runner.prompt_methods import build_prompt_strategy
+
+        return build_prompt_strategy(config, text_features=text_features, logit_scale=logit_scale,
+                                     backbone=backbone, memory=memory,
+                                     image_encoder=image_encoder, **common)
     if method in ("clap", "clap_deterministic"):
         c = config["clap"]
         model = build_clap_model(config, text_features, logit_scale, image_encoder)
@@ -119,7 +129,8 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
     raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
 
 
-def build_strategy(config, text_features, logit_scale, evaluator, plugins, benchmark=None):
+def build_strategy(config, text_features, logit_scale, evaluator, plugins, benchmark=None,
+                   backbone=None):
     """The Avalanche strategy of ``config['method']`` (see :func:`build_from_config`) with
     the config's ``plugins`` (CML, MAR, ...) before ``plugins``, and the non-finite loss guard."""
     from strategies.guards import NonFiniteLossGuard
@@ -130,4 +141,4 @@ def build_strategy(config, text_features, logit_scale, evaluator, plugins, bench
     return build_from_config(
         config, text_features=text_features, logit_scale=logit_scale, evaluator=evaluator,
         plugins=[*build_plugins(config["plugins"]), *plugins, NonFiniteLossGuard()],
-        input_dims=input_dims, n_classes=n_classes)
+        input_dims=input_dims, n_classes=n_classes, backbone=backbone)

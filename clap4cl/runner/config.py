@@ -26,10 +26,14 @@ NULLABLE = {
     "cache.dir": (str,),
     "eval.novelty_dataset": (str,),
     "eval.novelty_root": (str,),
+    "coop.n_ctx": (int,),
+    "coop.vga_heads": (int,),
 }
 
 CHOICES = {
-    "method": ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder"),
+    "method": ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder",
+               "coop", "clap_coop"),
+    "coop.text_pass": ("shared_prefix", "truncated", "full"),
     "eval.reliability_pairs": ("leave_one_out", "all_nested"),
     "multi_encoder.fusion": ("concat", "late"),
     "multi_encoder.fill": ("zeros", "mean", "learned"),
@@ -45,12 +49,15 @@ CHOICES = {
 POSITIVE = ("dataset.n_experiences", "cache.batch_size", "eval.batch_size",
             "clap.batch_size", "clap.mc_samples", "clap.vga_heads", "clap.vga_ffn_dim",
             "clip_adapter.batch_size", "clip_adapter.reduction", "multi_encoder.hidden",
-            "multi_encoder.fused_hidden", "multi_encoder.batch_size", "multi_encoder.lr")
+            "multi_encoder.fused_hidden", "multi_encoder.batch_size", "multi_encoder.lr",
+            "coop.batch_size", "coop.init_std")
 NON_NEGATIVE = ("run", "cache.num_workers", "clap.epochs", "clap.finetune_epochs",
                 "clap.lr", "clap.beta", "clap.kl_weight", "clap.finetune_lr_factor",
                 "clap.warmup_fraction", "clap.min_lr_factor", "clap.vga_dropout",
                 "clip_adapter.epochs", "clip_adapter.lr", "clip_adapter.ratio",
-                "memory.size", "memory.per_class", "multi_encoder.epochs")
+                "memory.size", "memory.per_class", "multi_encoder.epochs", "coop.text_batch",
+                "coop.epochs", "coop.finetune_epochs", "coop.lr", "coop.finetune_lr_factor",
+                "coop.warmup_fraction", "coop.min_lr_factor")
 
 
 def defaults() -> Dict[str, Any]:
@@ -155,6 +162,7 @@ def validate(config: Dict[str, Any]) -> None:
             isinstance(p, (dict, str)) for p in config["plugins"]):
         raise ConfigError("plugins must be a list such as [{name: cml, weight: 1.0}]")
     _check_method_data(config)
+    _check_prompt_learning(config)
     from strategies.plugins.registry import build_plugins
 
     build_plugins(config["plugins"])  # unknown plugins and options fail before any work
@@ -166,6 +174,19 @@ def _check_method_data(config) -> None:
         raise ConfigError(f"method {config['method']!r} cannot run on dataset "
                           f"{config['dataset']['name']!r}: the two_modality stream goes with "
                           f"method multi_encoder, CLIP methods with image or synthetic data")
+
+
+def _check_prompt_learning(config) -> None:
+    """Learned prompts need a CLIP text encoder: image datasets, not feature-only streams."""
+    if config["method"] not in ("coop", "clap_coop"):
+        return
+    if str(config["dataset"]["name"]).replace("-", "_").lower() == "synthetic":
+        raise ConfigError(f"method {config['method']!r} learns prompts through the CLIP text "
+                          f"encoder: use an image dataset (e.g. digits), not synthetic features")
+    for key in ("coop.n_ctx", "coop.vga_heads"):
+        value = get(config, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive or null, got {value}")
 
 
 def _check_types(config, reference, prefix) -> None:
