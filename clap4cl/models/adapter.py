@@ -1,7 +1,7 @@
 """CLIP-Adapter (Gao et al.): a residual bottleneck adapter on the image features.
 
 f = normalize(ratio · A(x̂) + (1 − ratio) · x̂),  A = ReLU ∘ Linear(D/r → D) ∘ ReLU ∘ Linear(D → D/r),
-logits = τ⟨f, t_c⟩ over the seen classes. The reference builds a fresh adapter at every
+logits = τ⟨f, t_c⟩ over the seen classes (the others masked, see :mod:`clap4cl.models.masking`). The reference builds a fresh adapter at every
 experience (docs/clap4clip.md R25); ``reinit_each_experience=False`` keeps one adapter across them.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
 from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
+from clap4cl.models.masking import pad_unseen, require_trained
 
 
 class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
@@ -51,10 +52,19 @@ class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
                     layer.reset_parameters()
         self.n_seen_classes = n_seen
 
+    @property
+    def n_classes(self) -> int:
+        """Every class the model has text for: the width of ``forward``'s logits."""
+        return self.class_features.shape[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """τ-scaled cosine logits over every class, (B, C_all); classes not trained on
+        yet are ``UNSEEN_LOGIT`` (see :mod:`clap4cl.models.masking`)."""
+        require_trained(self.n_seen_classes)
         image = F.normalize(self.image_features(x).float(), dim=-1)
         mixed = self.ratio * self.adapter(image) + (1 - self.ratio) * image
-        return self.logit_scale * F.normalize(mixed, dim=-1) @ self.class_features[: self.n_seen_classes].T
+        seen = self.logit_scale * F.normalize(mixed, dim=-1) @ self.class_features[: self.n_seen_classes].T
+        return pad_unseen(seen, self.n_classes)
 
     def get_extra_state(self):
         return {"n_seen_classes": self.n_seen_classes}

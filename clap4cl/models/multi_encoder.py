@@ -22,9 +22,9 @@ from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
 from clap4cl.models.choices import FILLS, FUSIONS
+from clap4cl.models.masking import UNSEEN_LOGIT
 from clap4cl.models.multimodal import MultimodalModule
 
-UNSEEN_LOGIT = -1000.0
 
 
 class MultiEncoderClassifier(MultimodalModule, DynamicModule):
