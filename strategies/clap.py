@@ -113,6 +113,9 @@ class CLAP(MultimodalStep, ReplayTemplate):
 
         The batch is encoded once (``mb_feats``, for the plugins of the step) and sampled
         with the step's modality mask ``mb_present``."""
+        if self.model.n_seen_classes == 0:     # Avalanche's evaluation before the first experience
+            self.mb_feats, self.clap_output, self.mb_sample_logits = None, None, None
+            return self.model(self.mb_x)       # every class masked (see clap4cl.models.masking)
         self.mb_feats = self.model.encode(self.mb_x)
         self.clap_output = self.model_forward(self.mb_feats["image"], self.mb_present)
         if not self.is_training:

@@ -12,10 +12,10 @@ from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
 from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
-from clap4cl.models.masking import pad_unseen, require_trained
+from clap4cl.models.masking import MaskedLogitsMixin, learns_classes_from, pad_unseen
 
 
-class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
+class CLIPAdapterModel(MaskedLogitsMixin, FrozenImageEncoderMixin, DynamicModule):
     """Zero-shot CLIP classifier with a trainable residual image adapter.
 
     Args:
@@ -43,7 +43,7 @@ class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
 
     def adaptation(self, experience) -> None:
         """Extend the label space; re-initialise the adapter for new classes if asked."""
-        if not self.training:
+        if not learns_classes_from(self, experience):
             return
         n_seen = max(self.n_seen_classes, max(experience.classes_in_this_experience) + 1)
         if n_seen > self.n_seen_classes and self.n_seen_classes and self.reinit_each_experience:
@@ -52,15 +52,11 @@ class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
                     layer.reset_parameters()
         self.n_seen_classes = n_seen
 
-    @property
-    def n_classes(self) -> int:
-        """Every class the model has text for: the width of ``forward``'s logits."""
-        return self.class_features.shape[0]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """τ-scaled cosine logits over every class, (B, C_all); classes not trained on
         yet are ``UNSEEN_LOGIT`` (see :mod:`clap4cl.models.masking`)."""
-        require_trained(self.n_seen_classes)
+        if self.n_seen_classes == 0:
+            return self.untrained_logits(x.shape[0])
         image = F.normalize(self.image_features(x).float(), dim=-1)
         mixed = self.ratio * self.adapter(image) + (1 - self.ratio) * image
         seen = self.logit_scale * F.normalize(mixed, dim=-1) @ self.class_features[: self.n_seen_classes].T

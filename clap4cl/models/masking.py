@@ -37,8 +37,58 @@ def seen_class_logits(model, logits: torch.Tensor) -> torch.Tensor:
     return logits if n_seen is None else logits[..., :n_seen]
 
 
+NOT_TRAINED = ("the model has no classes yet: train on an experience first "
+               "(strategy.train(experience)) before evaluating it")
+
+
 def require_trained(n_seen: int) -> None:
     """The one-line error of a model asked for logits before it has seen any class."""
     if n_seen == 0:
-        raise RuntimeError("the model has no classes yet: train on an experience first "
-                           "(strategy.train(experience)) before evaluating it")
+        raise RuntimeError(NOT_TRAINED)
+
+
+#: Avalanche stream names (prefixes) whose experiences never add classes to a model.
+EVALUATION_STREAMS = ("test", "valid", "eval")
+
+
+def learns_classes_from(model, experience) -> bool:
+    """Whether ``model.adaptation(experience)`` may add the experience's classes: in train
+    mode, and not from an evaluation stream. (Avalanche's GDumb adapts the initial model it
+    keeps, which stays in train mode, to every evaluated experience; the classes of a
+    future test experience must not become seen that way.)"""
+    if not model.training:
+        return False
+    name = getattr(getattr(experience, "origin_stream", None), "name", None)
+    return not (isinstance(name, str) and name.startswith(EVALUATION_STREAMS))
+
+
+class MaskedLogitsMixin:
+    """For ``nn.Module`` models with a ``class_features`` buffer (one row per class) and an
+    ``n_seen_classes`` count: the width of the output and the output before training.
+
+    A model that has not trained on any experience has no classes to score. Asked for
+    logits directly (``strategy.eval`` before any ``strategy.train``) it raises a one-line
+    ``RuntimeError``. Inside a training call (after ``model.train()``, which every
+    Avalanche ``strategy.train`` does first) it returns every class masked: Avalanche's
+    periodic evaluation (``eval_every >= 0``, ``eval_streams=[...]``) evaluates before the
+    first experience, and then sees a constant prediction, as from a fresh
+    ``IncrementalClassifier(masking=True)``.
+    """
+
+    _training_started = False
+
+    @property
+    def n_classes(self) -> int:
+        """Every class the model has text for: the width of ``forward``'s logits."""
+        return self.class_features.shape[0]
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._training_started = True
+        return super().train(mode)
+
+    def untrained_logits(self, batch_size: int) -> torch.Tensor:
+        """(B, C_all) of ``UNSEEN_LOGIT`` inside a training call; else the one-line error."""
+        if not self._training_started:
+            raise RuntimeError(NOT_TRAINED)
+        return self.class_features.new_full((batch_size, self.n_classes), UNSEEN_LOGIT)

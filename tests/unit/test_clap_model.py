@@ -394,3 +394,29 @@ def test_device_moves_reach_the_frozen_encoder_and_dtype_moves_do_not():
     assert model.class_features.dtype == torch.float64 and encoder.dtype == torch.float32
     model.to("meta")
     assert model.class_features.device.type == "meta" and encoder.device.type == "meta"
+
+
+@pytest.mark.parametrize("kind", ["clap", "adapter", "zeroshot"])
+def test_the_toolkit_s_sample_logits_are_over_the_seen_classes(kind, tiny_backbone):
+    from clap4cl.evaluation.scores import sample_logits
+
+    model = models_with_an_image_encoder(tiny_backbone)[kind]
+    x = torch.randn(3, tiny_backbone.embed_dim)
+    assert model(x).shape == (3, 4)
+    samples = sample_logits(model, x)
+    assert samples.shape[0] == 3 and samples.shape[2] == 2 and (samples > UNSEEN_LOGIT).all()
+    if kind != "clap":
+        assert torch.equal(samples[:, 0], model(x)[:, :2])
+
+
+def test_test_stream_experiences_never_add_classes_even_in_train_mode():
+    """Avalanche's GDumb adapts its kept initial model (in train mode) to evaluated
+    experiences; a future test experience must not become seen that way."""
+    model = grown_model(task_classes=((0, 1),)).train()
+    test_experience = SimpleNamespace(classes_in_this_experience=[2, 3, 4],
+                                      origin_stream=SimpleNamespace(name="test"))
+    model.adaptation(test_experience)
+    assert model.task_sizes == [2]
+    test_experience.origin_stream.name = "train"
+    model.adaptation(test_experience)
+    assert model.task_sizes == [2, 3]

@@ -24,7 +24,8 @@ from clap4cl.models.choices import LANGUAGE_INIT_CLASSES
 from clap4cl.models.clap.layers import CONTEXTS, GaussianTaskHeads, VisualGuidedAttention
 from clap4cl.models.clap.losses import language_init
 from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
-from clap4cl.models.masking import pad_unseen, require_trained
+from clap4cl.models.masking import (MaskedLogitsMixin, learns_classes_from, pad_unseen,
+                                    require_trained)
 from clap4cl.models.multimodal import MultimodalModule
 
 
@@ -55,7 +56,7 @@ class ClapOutput:
         return self.mu if self.sigma is None else self.mu + self.sigma * self.eps_mean
 
 
-class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
+class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
     """CLAP4CLIP as an Avalanche dynamic module over frozen CLIP features.
 
     It grows one probabilistic head per training experience (language-initialised from
@@ -152,18 +153,13 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
     def n_seen_classes(self) -> int:
         return sum(self.heads.sizes)
 
-    @property
-    def n_classes(self) -> int:
-        """Every class the model has text for: the width of ``forward``'s logits."""
-        return self.class_features.shape[0]
-
     def task_of_class(self) -> torch.Tensor:
         sizes = torch.tensor(self.heads.sizes, device=self.class_features.device)
         return torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
 
     def adaptation(self, experience) -> None:
         """Add a head for the new classes of a training experience."""
-        if not self.training:
+        if not learns_classes_from(self, experience):
             return
         seen = self.n_seen_classes
         new = sorted({int(c) for c in experience.classes_in_this_experience} - set(range(seen)))
@@ -294,6 +290,8 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
         The mean is linear in ε, so it is computed from one draw ε̄ ~ N(0, I/M): the
         same distribution as averaging M sampled logits.
         """
+        if self.n_seen_classes == 0:
+            return self.untrained_logits(x.shape[0])
         return pad_unseen(self.seen_forward(x, present), self.n_classes)
 
     def seen_forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
