@@ -21,18 +21,17 @@ from torch import nn
 
 from clap4cl import distributed
 from clap4cl.encoders.text_features import ClassTextFeatures
-from clap4cl.models.clap import ClapModel
+from clap4cl.models.clap import SIGMA_FLOOR, SIGMA_SCALE, ClapModel
+from clap4cl.models.masking import MaskedLogitsMixin, learns_classes_from, pad_unseen
 from clap4cl.models.prompt_learner import PromptLearner
 
-SIGMA_SCALE = 0.999
-SIGMA_FLOOR = 0.001
 
 
 def _new_classes(experience, seen: int) -> List[int]:
     return sorted({int(c) for c in experience.classes_in_this_experience} - set(range(seen)))
 
 
-class CoOpModel(DynamicModule):
+class CoOpModel(MaskedLogitsMixin, DynamicModule):
     """CoOp: a linear classifier whose class weights are learned-prompt text features.
 
     Args:
@@ -49,9 +48,14 @@ class CoOpModel(DynamicModule):
         self.n_tasks = 0
         object.__setattr__(self, "image_encoder", image_encoder)
 
+    @property
+    def n_classes(self) -> int:
+        """Every class of the stream: the width of ``forward``'s logits."""
+        return len(self.prompts.class_names)
+
     def adaptation(self, experience) -> None:
         """Extend the label space; with expandable prompts add a context per new task."""
-        if not self.training:
+        if not learns_classes_from(self, experience):
             return
         new = _new_classes(experience, self.n_seen_classes)
         if not new:
@@ -75,10 +79,12 @@ class CoOpModel(DynamicModule):
         return F.normalize(x.float(), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over every class, (B, C_all); classes not seen in training yet are
+        ``UNSEEN_LOGIT`` (see :mod:`clap4cl.models.masking`)."""
         if self.n_seen_classes == 0:
-            raise RuntimeError("the model has seen no classes yet: train it on an experience first")
+            return self.untrained_logits(x.shape[0])
         images = self.encode_images(x)
-        return self.logit_scale * images @ self.class_text().T
+        return pad_unseen(self.logit_scale * images @ self.class_text().T, self.n_classes)
 
     def get_extra_state(self):
         return {"n_seen_classes": self.n_seen_classes, "n_tasks": self.n_tasks,
@@ -179,7 +185,7 @@ class ClapCoopModel(ClapModel):
         self.heads = LayerNormTaskHeads(text.dim, variational, layernorm=head_layernorm)
 
     def adaptation(self, experience) -> None:
-        if self.training and _new_classes(experience, self.n_seen_classes) and \
+        if learns_classes_from(self, experience) and _new_classes(experience, self.n_seen_classes) and \
                 self.heads.n_tasks and self.prompts.expandable:
             self.prompts.add_context()
         super().adaptation(experience)

@@ -63,8 +63,9 @@ def learns_classes_from(model, experience) -> bool:
 
 
 class MaskedLogitsMixin:
-    """For ``nn.Module`` models with a ``class_features`` buffer (one row per class) and an
-    ``n_seen_classes`` count: the width of the output and the output before training.
+    """For ``nn.Module`` models with a ``class_features`` buffer (one row per class; or
+    their own ``n_classes``) and an ``n_seen_classes`` count: the width of the output and
+    the output before training.
 
     A model that has not trained on any experience has no classes to score. Asked for
     logits directly (``strategy.eval`` before any ``strategy.train``) it raises a one-line
@@ -91,4 +92,7 @@ class MaskedLogitsMixin:
         """(B, C_all) of ``UNSEEN_LOGIT`` inside a training call; else the one-line error."""
         if not self._training_started:
             raise RuntimeError(NOT_TRAINED)
-        return self.class_features.new_full((batch_size, self.n_classes), UNSEEN_LOGIT)
+        like = next(self.buffers(), None)
+        if like is None:
+            like = next(self.parameters())
+        return like.new_full((batch_size, self.n_classes), UNSEEN_LOGIT, dtype=torch.float32)
