@@ -18,7 +18,7 @@ EXIT_INTERRUPTED = 130
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's own convention)
-        self.exit(EXIT_BAD_INPUT, f"clap4cl: error: {message} (see clap4cl {self.prog.split()[-1]} --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"clap4cl: error: {message} (see {self.prog} --help)\n")
 
 
 def choices_help() -> str:
@@ -141,9 +141,12 @@ def _extract(args) -> int:
     from clap4cl.paths import default_cache_dir
     from clap4cl.features.cache import FeatureCache
     from clap4cl.runner.experiment import run_seed
-    from clap4cl.runner.inputs import build_benchmark, load_backbone, stream_text_features
+    from clap4cl.runner.inputs import (build_benchmark, check_cache_dir, check_device, load_backbone,
+                                       stream_text_features)
     from clap4cl.runner.threads import phase_threads
 
+    check_device(config)
+    check_cache_dir(config)
     distributed.init_from_env(run_seed(config), config["backbone"]["device"])
     main = distributed.is_main()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
