@@ -57,11 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="aggregate run directories into a Markdown table")
     report.add_argument("dirs", nargs="+", help="run directories (each with results.json)")
+    parser.commands = {"run": run, "extract": extract, "report": report}
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand, whose --help lists its options
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "run":
             return _run(args)

@@ -93,16 +93,13 @@ def check_writable_dir(path: Path, what: str, *, existing_may_be_read_only: bool
 
 def check_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Refuse a run directory this config cannot run in, writing nothing: not writable,
-    holding files but no run, or holding a run with a different config. Returns the
+    or holding a run with a different config. Returns the
     allowed changes of a resumed run (``RESUMABLE_KEYS`` whose value differs from the
     run's, as ``{"key", "from", "to"}``), to be recorded once it resumes."""
     checked_names(config)
     check_writable_dir(output, "--output")
     saved = output / "config.yaml"
     if not saved.is_file():
-        if output.is_dir() and any(output.iterdir()):
-            raise UserError(f"--output {str(output)!r} holds files but no run (no config.yaml): "
-                            f"choose a new or empty directory")
         return []
     try:
         run = yaml.safe_load(saved.read_text())
