@@ -5,19 +5,21 @@ range a run would otherwise only hit deep inside training (a seed numpy refuses,
 heads that do not divide the width, an empty replay memory, a template without ``{}``)
 fails at start-up with one line naming the key, the value and what to do. Checks that
 need the backbone width read the open_clip JSON configuration of the architecture; no
-model is built.
+model is built. :func:`check_writable_dir` checks the run and cache directories before
+anything is created.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from clap4cl.errors import ConfigError
+from clap4cl.errors import ConfigError, UserError
 
 # numpy's RandomState / torch's manual_seed accept seeds in 0 .. 2**32 - 1; the class
 # order is RandomState(1993 + run).
@@ -205,3 +207,36 @@ def model_config_path(arch: str) -> Optional[Path]:
         if path.is_file():
             return path
     return None
+
+
+# Kernel file systems: writes there fail or change the system, never hold a run.
+SYSTEM_TREES = (Path("/proc"), Path("/sys"))
+
+
+def check_writable_dir(path: Path, what: str, *, existing_may_be_read_only: bool = False) -> None:
+    """UserError unless ``path`` is (or can be created as) a writable directory: not a
+    file, not below a file, not in a kernel file system (/proc, /sys). Nothing is
+    created. With ``existing_may_be_read_only`` an existing read-only directory passes (a
+    complete feature cache is only read)."""
+    resolved = Path(os.path.abspath(Path(path).expanduser()))
+    for tree in SYSTEM_TREES:
+        if resolved == tree or tree in resolved.parents:
+            raise UserError(f"{what} {str(path)!r} is under {tree}, a kernel file system that "
+                            f"cannot hold it: choose a directory elsewhere")
+    if resolved.exists():
+        if not resolved.is_dir():
+            raise UserError(f"{what} {str(path)!r} is a file, not a directory: choose a directory "
+                            f"(it is created if missing)")
+        if not existing_may_be_read_only and not os.access(resolved, os.W_OK | os.X_OK):
+            raise UserError(f"{what} {str(path)!r} is not writable: fix its permissions or choose "
+                            f"another directory")
+        return
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is a file, not "
+                        f"a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is not "
+                        f"writable; fix its permissions or choose another directory")

@@ -12,6 +12,7 @@ from clap4cl.encoders.prompts import class_text_features
 from clap4cl.errors import UserError
 from clap4cl.features.cache import FeatureCache
 from clap4cl.paths import default_cache_dir
+from clap4cl.runner.checks import check_writable_dir
 
 
 SYNTHETIC_LOGIT_SCALE = 100.0
@@ -55,8 +56,6 @@ def check_cache_dir(config: Dict[str, Any]) -> None:
     """UserError if the cache root cannot be a directory (a file, under /proc, below a file,
     or missing and not creatable); an existing read-only cache passes (it may hold every
     entry), :func:`cache_writes` names it if something must be written."""
-    from clap4cl.runner.rundir import check_writable_dir
-
     check_writable_dir(cache_dir(config), _cache_label(config), existing_may_be_read_only=True)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from clap4cl.errors import UserError
+from clap4cl.runner.checks import check_writable_dir
 from clap4cl.runner.config import dump
 from clap4cl.runner.results import Timer
 
@@ -59,38 +60,6 @@ PRESENTATION_KEYS = ("logging.progress", "logging.tensorboard", "threads")
 RESUMABLE_KEYS = ("clap.lr", "clap.finetune_lr_factor", "clap.epochs", "clap.finetune_epochs",
                   "clip_adapter.lr", "clip_adapter.epochs", "multi_encoder.lr",
                   "multi_encoder.epochs")
-SYSTEM_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
-
-
-def check_writable_dir(path: Path, what: str, *, existing_may_be_read_only: bool = False) -> None:
-    """UserError unless ``path`` is (or can be created as) a writable directory: not a
-    file, not below a file, not in a kernel file system (/proc, /sys, /dev). Nothing is
-    created. With ``existing_may_be_read_only`` an existing read-only directory passes (a
-    complete feature cache is only read)."""
-    resolved = Path(os.path.abspath(Path(path).expanduser()))
-    for tree in SYSTEM_TREES:
-        if resolved == tree or tree in resolved.parents:
-            raise UserError(f"{what} {str(path)!r} is under {tree}, a kernel file system that "
-                            f"cannot hold it: choose a directory elsewhere")
-    if resolved.exists():
-        if not resolved.is_dir():
-            raise UserError(f"{what} {str(path)!r} is a file, not a directory: choose a directory "
-                            f"(it is created if missing)")
-        if not existing_may_be_read_only and not os.access(resolved, os.W_OK | os.X_OK):
-            raise UserError(f"{what} {str(path)!r} is not writable: fix its permissions or choose "
-                            f"another directory")
-        return
-    ancestor = resolved.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UserError(f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is a file, not "
-                        f"a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {str(path)!r} cannot be created: {str(ancestor)!r} is not "
-                        f"writable; fix its permissions or choose another directory")
-
-
 def check_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Refuse a run directory this config cannot run in, writing nothing: not writable,
     or holding a run with a different config. Returns the
