@@ -26,7 +26,7 @@ from clap4cl.errors import ConfigError, UserError
 SEED_MAX = 2 ** 32 - 1
 CLASS_ORDER_OFFSET = 1993
 # Methods that train with a replay memory.
-REPLAYING_METHODS = ("clap", "clap_deterministic", "clip_adapter")
+REPLAYING_METHODS = ("clap", "clap_deterministic", "clip_adapter", "coop", "clap_coop")
 VGA_METHODS = ("clap", "clap_deterministic")
 # Device types a run can use (an optional ":<index>" may follow).
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
@@ -104,10 +104,12 @@ def _check_fractions(config) -> None:
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"clap.vga_dropout = {dropout} must be in [0, 1) (a dropout probability; "
                           f"1 would drop everything): the reference uses 0.1")
-    warmup = config["clap"]["warmup_fraction"]
-    if not 0.0 <= warmup <= 1.0:
-        raise ConfigError(f"clap.warmup_fraction = {warmup} must be in [0, 1] (the fraction of "
-                          f"the main phase's steps spent warming up): the reference uses 0.3")
+    for section, reference in (("clap", "0.3"), ("coop", "0")):
+        warmup = config.get(section, {}).get("warmup_fraction")
+        if warmup is not None and not 0.0 <= warmup <= 1.0:
+            raise ConfigError(f"{section}.warmup_fraction = {warmup} must be in [0, 1] (the "
+                              f"fraction of the main phase's steps spent warming up): the "
+                              f"reference uses {reference}")
 
 
 def _check_templates(templates) -> None:
@@ -155,15 +157,18 @@ def _check_memory(config) -> None:
 def _check_width(config) -> None:
     method = config["method"]
     uses_vga = method in VGA_METHODS and config["clap"]["vga"]
+    key = "coop.vga_heads" if method == "clap_coop" else "clap.vga_heads"
+    heads = config["coop"].get("vga_heads") if method == "clap_coop" else config["clap"]["vga_heads"]
+    if method == "clap_coop" and config["clap"]["vga"] and heads is not None:
+        uses_vga = True  # null: D / 64 heads, always a divisor
     if not uses_vga and method != "clip_adapter":
         return
     width, source = embedding_width(config)
     if width is None:
         return  # an unknown architecture: load_clip names it
-    heads = config["clap"]["vga_heads"]
     if uses_vga and width % heads:
         divisors = [d for d in range(1, min(width, 16) + 1) if width % d == 0]
-        raise ConfigError(f"clap.vga_heads = {heads} does not divide the embedding width {width} "
+        raise ConfigError(f"{key} = {heads} does not divide the embedding width {width} "
                           f"of {source}: use one of {', '.join(map(str, divisors))}")
     reduction = config["clip_adapter"]["reduction"]
     if method == "clip_adapter" and reduction > width:

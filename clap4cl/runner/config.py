@@ -16,7 +16,7 @@ import yaml
 from clap4cl.encoders.choices import PRECISIONS
 from clap4cl.errors import ConfigError
 from clap4cl.evaluation.choices import METRIC_PAIRS
-from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES
+from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES, TEXT_PASSES
 from clap4cl.runner.assemble import EVAL_CONTEXTS, METHODS
 from clap4cl.runner.checks import FLOAT_SPELLING, check_values
 from scenarios.registry import available_datasets, normalise_name
@@ -38,6 +38,8 @@ NULLABLE = {
     "cache.dir": (str,),
     "eval.novelty_dataset": (str,),
     "eval.novelty_root": (str,),
+    "coop.n_ctx": (int,),
+    "coop.vga_heads": (int,),
 }
 
 # Every key with a fixed set of values, read from the registry next to what it selects
@@ -56,6 +58,7 @@ CHOICES = {
     "multi_encoder.fill": FILLS,
     "memory.policy": MEMORY_POLICIES,
     "memory.selector": tuple(SELECTORS),
+    "coop.text_pass": TEXT_PASSES,
 }
 NORMALISED = {"dataset.name": normalise_name, "eval.novelty_dataset": normalise_name}
 # The names allowed in each entry of a list-valued key.
@@ -64,12 +67,15 @@ LIST_CHOICES = {"plugins": tuple(PLUGINS)}
 POSITIVE = ("dataset.n_experiences", "cache.batch_size", "eval.batch_size",
             "clap.batch_size", "clap.mc_samples", "clap.vga_heads", "clap.vga_ffn_dim",
             "clip_adapter.batch_size", "clip_adapter.reduction", "multi_encoder.hidden",
-            "multi_encoder.fused_hidden", "multi_encoder.batch_size", "multi_encoder.lr")
+            "multi_encoder.fused_hidden", "multi_encoder.batch_size", "multi_encoder.lr",
+            "coop.batch_size", "coop.init_std")
 NON_NEGATIVE = ("run", "cache.num_workers", "clap.epochs", "clap.finetune_epochs",
                 "clap.lr", "clap.beta", "clap.kl_weight", "clap.finetune_lr_factor",
                 "clap.warmup_fraction", "clap.min_lr_factor", "clap.vga_dropout",
                 "clip_adapter.epochs", "clip_adapter.lr", "clip_adapter.ratio",
-                "memory.size", "memory.per_class", "multi_encoder.epochs")
+                "memory.size", "memory.per_class", "multi_encoder.epochs", "coop.text_batch",
+                "coop.epochs", "coop.finetune_epochs", "coop.lr", "coop.finetune_lr_factor",
+                "coop.warmup_fraction", "coop.min_lr_factor")
 
 
 def free_form_keys(reference: Optional[Dict[str, Any]] = None, prefix: str = "") -> set:
@@ -228,6 +234,7 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError("plugins must be a list such as [{name: cml, weight: 1.0}]")
     check_plugin_names(config["plugins"])
     _check_method_data(config)
+    _check_prompt_learning(config)
     check_values(config)
     from strategies.plugins.registry import build_plugins, normalise_options
 
@@ -241,6 +248,19 @@ def _check_method_data(config) -> None:
         raise ConfigError(f"method {config['method']!r} cannot run on dataset "
                           f"{config['dataset']['name']!r}: the two_modality stream goes with "
                           f"method multi_encoder, CLIP methods with image or synthetic data")
+
+
+def _check_prompt_learning(config) -> None:
+    """Learned prompts need a CLIP text encoder: image datasets, not feature-only streams."""
+    if config["method"] not in ("coop", "clap_coop"):
+        return
+    if str(config["dataset"]["name"]).replace("-", "_").lower() == "synthetic":
+        raise ConfigError(f"method {config['method']!r} learns prompts through the CLIP text "
+                          f"encoder: use an image dataset (e.g. digits), not synthetic features")
+    for key in ("coop.n_ctx", "coop.vga_heads"):
+        value = get(config, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive or null, got {value}")
 
 
 def _check_types(config, reference, prefix) -> None:

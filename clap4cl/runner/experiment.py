@@ -69,7 +69,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         write_run_config(output, config)
     evaluator, _ = make_evaluator(output, config, progress, write_tensorboard=main)
     strategy = build_strategy(config, text, logit_scale, evaluator,
-                              plugins=[LogitsCollector()], benchmark=benchmark)
+                              plugins=[LogitsCollector()], benchmark=benchmark, backbone=backbone)
     null_image = null_image_embedding(backbone, benchmark)
     if null_image is not None and hasattr(strategy.model, "set_null_image"):
         strategy.model.set_null_image(null_image)
@@ -133,7 +133,8 @@ def start_distributed(config, seed: int) -> None:
                         f"supported in data-parallel runs: run them without torchrun")
     if config["method"] == "multi_encoder":
         raise UserError("method multi_encoder does not train data-parallel: run it without torchrun")
-    section = {"clap": "clap", "clap_deterministic": "clap"}.get(config["method"], config["method"])
+    section = {"clap": "clap", "clap_deterministic": "clap",
+               "clap_coop": "clap"}.get(config["method"], config["method"])
     batch = config.get(section, {}).get("batch_size")
     if batch is not None and batch % distributed.world_size():
         raise UserError(f"{section}.batch_size {batch} is the global batch: it must be divisible "

@@ -59,7 +59,8 @@ PRESENTATION_KEYS = ("logging.progress", "logging.tensorboard", "threads")
 # under config_changes_on_resume (see docs/long-runs.md).
 RESUMABLE_KEYS = ("clap.lr", "clap.finetune_lr_factor", "clap.epochs", "clap.finetune_epochs",
                   "clip_adapter.lr", "clip_adapter.epochs", "multi_encoder.lr",
-                  "multi_encoder.epochs")
+                  "multi_encoder.epochs", "coop.lr", "coop.finetune_lr_factor", "coop.epochs",
+                  "coop.finetune_epochs")
 def check_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Refuse a run directory this config cannot run in, writing nothing: not writable,
     or holding a run with a different config. Returns the
