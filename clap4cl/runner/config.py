@@ -18,6 +18,7 @@ from clap4cl.errors import ConfigError
 from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES, TEXT_PASSES
 from clap4cl.runner.assemble import EVAL_CONTEXTS, METHODS
+from clap4cl.runner.checks import FLOAT_SPELLING, check_values
 from scenarios.registry import available_datasets, normalise_name
 from strategies.choices import MEMORY_POLICIES, SELECTORS
 from clap4cl.runner.threads import validate_setting
@@ -77,6 +78,17 @@ NON_NEGATIVE = ("run", "cache.num_workers", "clap.epochs", "clap.finetune_epochs
                 "coop.warmup_fraction", "coop.min_lr_factor")
 
 
+def free_form_keys(reference: Optional[Dict[str, Any]] = None, prefix: str = "") -> set:
+    """Dotted keys whose default is an empty mapping (``dataset.options``): maps of the
+    user's own keys, merged key by key and reachable with dotted ``--set`` keys."""
+    reference = defaults() if reference is None else reference
+    keys = set()
+    for key, value in reference.items():
+        if isinstance(value, dict):
+            keys |= free_form_keys(value, f"{prefix}{key}.") if value else {f"{prefix}{key}"}
+    return keys
+
+
 def defaults() -> Dict[str, Any]:
     """The default configuration (a fresh copy)."""
     text = resources.files("clap4cl.runner").joinpath("defaults.yaml").read_text()
@@ -106,7 +118,15 @@ def read_yaml(path) -> Dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} not found: give an existing YAML file "
                           f"(or omit --config for the default run)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start}): give a YAML text file") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror or exc}): "
+                          f"check its permissions") from exc
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -127,37 +147,63 @@ def parse_override(item: str):
     return key.strip(), value
 
 
-def merge(base: Dict[str, Any], update: Dict[str, Any], where: str = "config", prefix: str = "") -> None:
-    """Merge ``update`` into ``base`` in place, rejecting keys ``base`` does not have."""
+def merge(base: Dict[str, Any], update: Dict[str, Any], where: str = "config", prefix: str = "",
+          free: bool = False) -> None:
+    """Merge ``update`` into ``base`` in place, rejecting keys ``base`` does not have
+    (except inside free-form maps such as ``dataset.options``, merged key by key)."""
     for key, value in update.items():
         full = f"{prefix}{key}"
+        if free:
+            if isinstance(base.get(key), dict) and isinstance(value, dict):
+                merge(base[key], value, where, prefix=f"{full}.", free=True)
+            else:
+                base[key] = value
+            continue
         if key not in base:
             raise ConfigError(_unknown_key_message(full, base, prefix))
-        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
+        if full in FREE_FORM and isinstance(base[key], dict) and isinstance(value, dict):
+            merge(base[key], value, where, prefix=f"{full}.", free=True)
+        elif isinstance(base[key], dict) and base[key] and isinstance(value, dict):
             merge(base[key], value, where, prefix=f"{full}.")
         else:
             base[key] = value
 
 
 def set_key(config: Dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested config, rejecting unknown keys."""
+    """Set ``a.b.c`` in a nested config, rejecting unknown keys; a mapping value merges
+    into the section it names, and keys below a free-form map (``dataset.options.dim``)
+    are created as needed."""
     parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"config key {dotted!r} has an empty part: write e.g. "
+                          f"--set dataset.n_experiences=5")
     node = config
+    free = False
     for depth, part in enumerate(parts):
         prefix = ".".join(parts[:depth])
-        prefix = f"{prefix}." if prefix else ""
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(_unknown_key_message(dotted, node if isinstance(node, dict) else {}, prefix))
-        if depth == len(parts) - 1:
-            if isinstance(node[part], dict) and node[part] and isinstance(value, dict):
-                merge(node[part], value, prefix=f"{dotted}.")  # a section: merge, keep siblings
+        here = ".".join(parts[:depth + 1])
+        last = depth == len(parts) - 1
+        if not isinstance(node, dict):
+            raise ConfigError(f"unknown config key {dotted!r}: {prefix!r} is a single value "
+                              f"({node!r}), not a section; set it with --set {prefix}=VALUE")
+        if not free and part not in node:
+            raise ConfigError(_unknown_key_message(dotted, node, f"{prefix}." if prefix else ""))
+        free = free or here in FREE_FORM
+        if last:
+            if isinstance(node.get(part), dict) and isinstance(value, dict) and (free or node[part]):
+                merge(node[part], value, prefix=f"{dotted}.", free=free)  # merge, keep siblings
             else:
                 node[part] = value
         else:
+            if free and part not in node:
+                node[part] = {}
             node = node[part]
 
 
 def _unknown_key_message(full: str, node: Dict[str, Any], prefix: str) -> str:
+    if not node:
+        return (f"unknown config key {full!r}: {prefix.rstrip('.')!r} takes no keys; "
+                f"see clap4cl/runner/defaults.yaml for every key")
     valid = ", ".join(f"{prefix}{k}" for k in node)
     return f"unknown config key {full!r}: valid keys here are {valid}"
 
@@ -189,8 +235,10 @@ def validate(config: Dict[str, Any]) -> None:
     check_plugin_names(config["plugins"])
     _check_method_data(config)
     _check_prompt_learning(config)
-    from strategies.plugins.registry import build_plugins
+    check_values(config)
+    from strategies.plugins.registry import build_plugins, normalise_options
 
+    config["plugins"] = normalise_options(config["plugins"])
     build_plugins(config["plugins"])  # plugin options fail before any work
 
 
@@ -234,6 +282,9 @@ def _check_types(config, reference, prefix) -> None:
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             config[key] = float(value)
             continue
+        if float in allowed and isinstance(value, str) and FLOAT_SPELLING.fullmatch(value.strip()):
+            config[key] = float(value.strip())  # YAML 1.1 reads 1e-3 as a string
+            continue
         if isinstance(value, bool) and bool not in allowed:
             ok = False
         else:
@@ -250,6 +301,9 @@ def get(config: Dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+FREE_FORM = free_form_keys()
 
 
 def dump(config: Dict[str, Any]) -> str:
