@@ -9,6 +9,7 @@ from avalanche.core import SupervisedPlugin
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from clap4cl.evaluation import metrics, scores
+from clap4cl.models.masking import seen_class_logits
 
 
 @torch.no_grad()
@@ -62,7 +63,8 @@ class LogitsCollector(SupervisedPlugin, supports_distributed=True):
     The experiment's accuracy, calibration and novelty numbers come from the same
     forward passes as Avalanche's own metrics: one evaluation pass per step. Strategies
     that sample (CLAP) leave their samples in ``mb_sample_logits``; for the others the
-    output is one sample. Safe in data-parallel runs: only rank 0 evaluates.
+    output is one sample, over the seen classes. Safe in data-parallel runs: only rank 0
+    evaluates.
 
     Sampling: after :meth:`start_step` (seed, step), each evaluated experience k gets its
     own generator ``scores.eval_generator(seed, step, EXPERIENCE, k)`` as the strategy's
@@ -101,11 +103,12 @@ class LogitsCollector(SupervisedPlugin, supports_distributed=True):
         self.seed_and_step = None
 
     def after_eval_iteration(self, strategy, **kwargs):
+        predictions = seen_class_logits(strategy.model, strategy.mb_output)
         samples = getattr(strategy, "mb_sample_logits", None)
         if samples is None or len(samples) != len(strategy.mb_output):
-            samples = strategy.mb_output[:, None, :]
+            samples = predictions[:, None, :]
         batches = self.outputs.setdefault(strategy.experience.current_experience, [])
-        batches.append((samples.detach().float().cpu(), strategy.mb_output.detach().float().cpu(),
+        batches.append((samples.detach().float().cpu(), predictions.detach().float().cpu(),
                         strategy.mb_y.cpu()))
 
     def __getstate__(self):
