@@ -60,8 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Warnings as one ``clap4cl: warning: ...`` line each (no source line under them)."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *_, **__: f"clap4cl: warning: {message}\n"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     try:
         if args.command == "run":
             return _run(args)

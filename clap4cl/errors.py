@@ -18,3 +18,17 @@ class DataNotFoundError(UserError):
 
 class TrainingDivergedError(UserError):
     """The loss became NaN or infinite; the message names where and what to try."""
+
+
+class BadImageError(UserError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image, too large).
+
+    Attributes:
+        path: the file.
+        reason: why it cannot be read, in words.
+    """
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"image {str(path)!r} cannot be read: {reason}")
+        self.path = str(path)
+        self.reason = reason

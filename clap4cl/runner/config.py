@@ -18,6 +18,7 @@ from clap4cl.errors import ConfigError
 from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES
 from clap4cl.runner.assemble import EVAL_CONTEXTS, METHODS
+from scenarios.choices import BAD_IMAGE_POLICIES, CACHE_VERIFY
 from scenarios.registry import available_datasets, normalise_name
 from strategies.choices import MEMORY_POLICIES, SELECTORS
 from clap4cl.runner.threads import validate_setting
@@ -46,6 +47,8 @@ CHOICES = {
     "method": METHODS,
     "backbone.precision": PRECISIONS,
     "dataset.name": tuple(available_datasets()),
+    "dataset.on_bad_image": BAD_IMAGE_POLICIES,
+    "cache.verify": CACHE_VERIFY,
     "eval.novelty_dataset": tuple(available_datasets()),  # or null
     "eval.context": EVAL_CONTEXTS,
     "eval.reliability_pairs": METRIC_PAIRS,
