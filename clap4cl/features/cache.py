@@ -28,6 +28,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,11 @@ from clap4cl.errors import BadImageError
 from clap4cl.features.sharding import Shard, get_or_extract_sharded, record_key
 
 FORMAT_VERSION = 1
+# Seconds without change after which a dead process's temporary of another entry is removed.
+ORPHAN_AGE = 3600
+# ``<entry stem>[.shard<i>of<n>].tmp<pid>[.npy]``: the temporaries of data and records
+_TEMPORARY = re.compile(r"(?P<stem>[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9a-f]{32})"
+                        r"(?P<shard>\.shard\d+of\d+)?\.tmp(?P<pid>\d+)(?:\.npy)?")
 TRAIN_VIEWS = ("original", "flip")
 TEST_VIEWS = ("original",)
 
@@ -104,20 +111,23 @@ class FeatureCache:
 
     # ---- reading -----------------------------------------------------------------
     def load(self, key: CacheKey, expected_rows: Optional[int] = None,
-             shard: Optional[Shard] = None) -> Optional[np.ndarray]:
+             shard: Optional[Shard] = None, *, discard: bool = False) -> Optional[np.ndarray]:
         """The cached (N, D) fp16 features as a read-only memory map, or None.
 
-        With ``shard``, the rows of that shard of the entry instead. A file that exists
-        but fails validation is removed with a warning.
+        With ``shard``, the rows of that shard of the entry instead. A file that is
+        incomplete or fails validation gives None; with ``discard`` (only for a caller
+        holding the entry's lock, see :meth:`locked`) it is also removed with a warning.
+        Without the lock it may be an entry another process is committing right now.
         """
         data, meta = self.data_path(key, shard), self.meta_path(key, shard)
         if not meta.is_file():
-            if data.exists():
+            if discard and data.exists():
                 self._discard(key, "it has no completion record (interrupted write)", shard)
             return None
         problem = self._validate(key, expected_rows, shard)
         if problem:
-            self._discard(key, problem, shard)
+            if discard:
+                self._discard(key, problem, shard)
             return None
         return np.load(data, mmap_mode="r")
 
@@ -155,6 +165,30 @@ class FeatureCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    # ---- temporaries ---------------------------------------------------------------
+    def remove_orphans(self, keys: Iterable[CacheKey] = ()) -> None:
+        """Remove the temporary files that killed writers left in ``features/``.
+
+        Call it holding the lock of ``keys``: their entries' temporaries are orphans
+        whatever process wrote them (every writer of an entry holds its lock; the shards
+        of torchrun ranks, written without it, excepted). Any other
+        temporary goes when its writer's process id is not alive on this host and the file
+        has not changed for ORPHAN_AGE seconds (a writer on another host of a shared
+        cache keeps its file changing).
+        """
+        folder = self.root / "features"
+        stems = {self.stem(k) for k in keys}
+        now = time.time()
+        for path in folder.glob("*.tmp*"):
+            match = _TEMPORARY.fullmatch(path.name)
+            if match is None:
+                continue
+            mine = match.group("stem") in stems and not match.group("shard")
+            with contextlib.suppress(OSError):
+                if mine or (not pid_alive(int(match.group("pid")))
+                            and now - path.stat().st_mtime > ORPHAN_AGE):
+                    path.unlink()
+
     # ---- writing -----------------------------------------------------------------
     def get_or_extract(self, backbone, dataset: Dataset, *, dataset_id: str, split: str,
                        views: Sequence[str] = TEST_VIEWS, batch_size: int = 128,
@@ -180,7 +214,8 @@ class FeatureCache:
             return found
         self.root.joinpath("features").mkdir(parents=True, exist_ok=True)
         with self.locked(keys.values()):
-            found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
+            self.remove_orphans(keys.values())
+            found = {v: self.load(k, len(dataset), discard=True) for v, k in keys.items()}
             todo = [v for v, a in found.items() if a is None]
             if todo:
                 self.extract(backbone, dataset, {v: keys[v] for v in todo},
@@ -283,6 +318,19 @@ def _collate_decoded(items):
     good = [(i, image) for i, image, _ in items if image is not None]
     images = default_collate([image for _, image in good]) if good else None
     return [i for i, _ in good], images, [(i, *bad) for i, image, bad in items if image is None]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def _checksum(array: np.ndarray) -> str:

@@ -64,7 +64,8 @@ def get_or_extract_sharded(cache, backbone, dataset, keys: Dict[str, object], ba
     # No lock is held across a collective: a rank holding the entry lock while another
     # waits for it at the barrier would deadlock. Only rank 0's join takes it.
     n = len(dataset)
-    # rank 0 alone inspects (and may discard) the entries, so all ranks agree on the work
+    # rank 0 alone inspects the entries, so all ranks agree on the work (a damaged entry is
+    # discarded by the join, under the entry lock)
     todo = distributed.broadcast_object(
         [v for v, k in keys.items() if cache.load(k, n) is None] if distributed.is_main()
         else None)
@@ -98,7 +99,9 @@ def extract_shard(cache, backbone, dataset, keys: Dict[str, object], shard: Shar
     """Encode ``shard``'s rows of the views whose shard file is not already complete."""
     if shard.rows == 0:  # more ranks than batches
         return
-    todo = {v: k for v, k in keys.items() if cache.load(k, shard.rows, shard) is None}
+    # this rank alone writes this shard file: it may discard a damaged one
+    todo = {v: k for v, k in keys.items()
+            if cache.load(k, shard.rows, shard, discard=True) is None}
     if todo:
         cache.extract(backbone, dataset, todo, batch_size, num_workers, progress,
                       f"{label} (shard {shard.index + 1} of {shard.count})", shard,
@@ -111,7 +114,7 @@ def join_shards(cache, keys: Dict[str, object], n: int, shards: List[Shard]) -> 
     Runs on rank 0 under the entry lock; an entry another process finished meanwhile
     is kept as it is.
     """
-    missing = {v: k for v, k in keys.items() if cache.load(k, n) is None}
+    missing = {v: k for v, k in keys.items() if cache.load(k, n, discard=True) is None}
     if missing:
         shards = [s for s in shards if s.rows]
         parts = {v: [_finished_shard(cache, k, s) for s in shards] for v, k in missing.items()}
@@ -133,7 +136,7 @@ def _finished_shard(cache, key, shard: Shard) -> np.ndarray:
     if not cache.meta_path(key, shard).is_file():
         raise UserError(f"feature cache shard {name} is missing after every rank finished "
                         f"encoding: {SHARED_DIR}")
-    part = cache.load(key, shard.rows, shard)
+    part = cache.load(key, shard.rows, shard, discard=True)
     if part is None:
         raise UserError(f"feature cache shard {name} was damaged after it was written "
                         f"(it has been removed): run the same command again")
