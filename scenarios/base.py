@@ -128,6 +128,8 @@ class FileImageDataset(ImageDataset):
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
+        except MemoryError:
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever Pillow raises: the file is bad
             raise BadImageError(path, bad_image_reason(path, exc)) from None
 

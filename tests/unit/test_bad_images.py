@@ -233,3 +233,18 @@ def test_moving_a_folder_with_its_times_keeps_the_fingerprint(tmp_path):
     before = load_image_folder(root).fingerprint
     shutil.copytree(root, tmp_path / "moved")  # copy2: times kept
     assert load_image_folder(tmp_path / "moved").fingerprint == before
+
+
+def test_worker_processes_skip_the_same_images(tmp_path, tiny_backbone):
+    from scenarios.features import to_feature_splits
+
+    root = bad_tree(tmp_path / "bad")
+    with pytest.warns(BadImageWarning):
+        single, _ = raw_splits(root, tiny_backbone, FeatureCache(tmp_path / "c1"))
+    with pytest.warns(BadImageWarning):
+        workers, _ = to_feature_splits(load_image_folder(root), tiny_backbone,
+                                       FeatureCache(tmp_path / "c2"), progress=False,
+                                       num_workers=2, batch_size=2)
+    assert workers.skipped == single.skipped and workers.targets == single.targets
+    np.testing.assert_allclose(np.asarray(workers.views[0], np.float32),
+                               np.asarray(single.views[0], np.float32), atol=2e-3)
