@@ -38,7 +38,7 @@ def _raise_on_sigterm():
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's own convention)
-        self.exit(EXIT_BAD_INPUT, f"clap4cl: error: {message} (see clap4cl {self.prog.split()[-1]} --help)\n")
+        self.exit(EXIT_BAD_INPUT, f"clap4cl: error: {message} (see {self.prog} --help)\n")
 
 
 def choices_help() -> str:
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="aggregate run directories into a Markdown table")
     report.add_argument("dirs", nargs="+", help="run directories (each with results.json)")
+    parser.commands = {"run": run, "extract": extract, "report": report}
     return parser
 
 
@@ -91,7 +92,10 @@ def _one_line_warnings():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand, whose --help lists its options
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     format_warning, previous = _one_line_warnings(), _raise_on_sigterm()
     try:
         if args.command == "run":
@@ -181,9 +185,12 @@ def _extract(args) -> int:
     from clap4cl.paths import default_cache_dir
     from clap4cl.features.cache import FeatureCache
     from clap4cl.runner.experiment import run_seed
-    from clap4cl.runner.inputs import build_benchmark, load_backbone, stream_text_features
+    from clap4cl.runner.inputs import (build_benchmark, check_cache_dir, check_device, load_backbone,
+                                       stream_text_features)
     from clap4cl.runner.threads import phase_threads
 
+    check_device(config)
+    check_cache_dir(config)
     distributed.init_from_env(run_seed(config), config["backbone"]["device"])
     main = distributed.is_main()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())

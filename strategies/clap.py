@@ -5,6 +5,12 @@ train on new data ∪ memory with L = CE (over all M·B sample rows) + kl_weight
 β·language loss, regularising the current task's head; the memory is re-selected; then
 (from the second experience on) the heads are finetuned on the class-balanced memory
 with the VGA frozen, regularising every task.
+
+Head freezing is this strategy's rule, set per phase here; the model itself leaves every
+head trainable by default (``ClapModel(freeze_old_heads=False)``) for stock strategies.
+The step's output (``mb_output``) covers every class of the stream with the unseen ones
+masked, so ``strategy.eval(bench.test_stream)`` evaluates the whole stream; the loss, the
+sample logits of the toolkit's metrics and the selectors use the seen classes only.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from clap4cl.models.clap import ClapModel, ClapOutput, kl_loss, language_loss
+from clap4cl.models.masking import pad_unseen
 
 from strategies.exemplars import ClassBalancedMemory
 from strategies.multimodal_step import MultimodalStep
@@ -100,20 +107,24 @@ class CLAP(MultimodalStep, ReplayTemplate):
 
     # -------------------------------------------------------------- step
     def forward(self):
-        """Mean-over-samples logits; the M samples stay in ``clap_output`` (and, in
-        evaluation, in ``mb_sample_logits`` (B, M, C) for uncertainty metrics).
+        """Mean-over-samples logits over every class (unseen ones masked), (B, C_all); the
+        M seen-class samples stay in ``clap_output`` (and, in evaluation, in
+        ``mb_sample_logits`` (B, M, C_seen) for the toolkit's metrics).
 
         The batch is encoded once (``mb_feats``, for the plugins of the step) and sampled
         with the step's modality mask ``mb_present``."""
+        if self.model.n_seen_classes == 0:     # Avalanche's evaluation before the first experience
+            self.mb_feats, self.clap_output, self.mb_sample_logits = None, None, None
+            return self.model(self.mb_x)       # every class masked (see clap4cl.models.masking)
         self.mb_feats = self.model.encode(self.mb_x)
         self.clap_output = self.model_forward(self.mb_feats["image"], self.mb_present)
         if not self.is_training:
             self.mb_sample_logits = self.clap_output.logits.detach().transpose(0, 1)
-        return self.clap_output.mean_logits
+        return pad_unseen(self.clap_output.mean_logits, self.model.n_classes)
 
     def criterion(self):
         if not self.is_training:
-            return F.cross_entropy(self.mb_output, self.mb_y)
+            return F.cross_entropy(self.mb_output, self.mb_y)   # finite on future classes too
         return clap_loss(self.model, self.clap_output, self.mb_y, self.regularized_tasks,
                          beta=self.beta, kl_weight=self.kl_weight)
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch.nn.functional as F
+
 from clap4cl.models.adapter import CLIPAdapterModel
+from clap4cl.models.masking import seen_class_logits
 
 from strategies.exemplars import ClassBalancedMemory
 from strategies.replay_template import ReplayTemplate
@@ -25,3 +28,10 @@ class CLIPAdapter(ReplayTemplate):
         super().__init__(model=model, lr=lr, train_epochs=train_epochs, train_mb_size=train_mb_size,
                          eval_mb_size=eval_mb_size, warmup_fraction=0.0, min_lr_factor=min_lr_factor,
                          memory=memory, device=device, plugins=plugins, evaluator=evaluator, **kwargs)
+
+    def criterion(self):
+        """Cross-entropy over the seen classes in training; over the model's whole
+        (masked) output in evaluation, finite on future experiences too."""
+        if self.is_training:
+            return F.cross_entropy(seen_class_logits(self.model, self.mb_output), self.mb_y)
+        return F.cross_entropy(self.mb_output, self.mb_y)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
+import warnings
+from urllib.parse import urlparse
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -141,6 +144,8 @@ def load_clip(arch: str, pretrained: Optional[str] = None, *, precision: str = "
     if pretrained is None or packaged is not None:
         random_id = f"random:seed{seed}:open_clip{open_clip.__version__}:torch{torch.__version__}"
         weights_id = random_id if packaged is None else f"{weights_id}+{random_id}"
+    if weights_id.startswith("tag:"):
+        ensure_tag_available(arch, pretrained, cache_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _create_model(arch, source, precision, device, cache_dir)
@@ -202,16 +207,93 @@ def _create_model(arch, source, precision, device, cache_dir):
     notice = _RandomInitNotice()
     root = logging.getLogger()
     root.addFilter(notice)
+    is_file = source is not None and Path(source).is_file()
     try:
-        return open_clip.create_model(arch, pretrained=source, precision=precision,
-                                      device=device, cache_dir=cache_dir)
-    except (RuntimeError, OSError, ValueError) as exc:
-        if source is not None and not Path(source).is_file():
+        with warnings.catch_warnings():
+            if is_file:  # torch.load's notes on a file that is no checkpoint: the error says it
+                warnings.simplefilter("ignore")
+            return open_clip.create_model(arch, pretrained=source, precision=precision,
+                                          device=device, cache_dir=cache_dir)
+    except Exception as exc:
+        if is_file:
+            raise UserError(f"backbone.pretrained {source!r} is not an open_clip checkpoint of {arch} "
+                            f"({type(exc).__name__}): give a state dict saved from this "
+                            f"architecture, an open_clip tag, or null for random weights") from exc
+        if source is not None and isinstance(exc, (RuntimeError, OSError, ValueError)):
             raise UserError(f"could not download {arch} weights {source!r} ({type(exc).__name__}): "
                             f"connect to the internet once, or pass a local checkpoint path") from exc
         raise
     finally:
         root.removeFilter(notice)
+
+
+# Seconds to wait for the weights' host before treating the machine as offline.
+PROBE_SECONDS = 3.0
+
+
+def ensure_tag_available(arch: str, tag: str, cache_dir: Optional[str] = None) -> None:
+    """Make loading the open_clip tag ``tag`` fail in seconds with one line when it cannot
+    succeed: weights in the local cache load as they are (the Hugging Face hub is put
+    offline when its host does not answer, instead of retrying for a minute); weights
+    not cached need their host, probed once with a short timeout."""
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    source, host, cached = _tag_source(cfg, cache_dir)
+    hub_offline = _hub_offline()
+    reachable = (not hub_offline or source != "hf") and _host_reachable(host)
+    if cached:
+        if source == "hf" and not reachable:
+            _set_hub_offline()
+        return
+    if not reachable:
+        why = "the Hugging Face hub is offline (HF_HUB_OFFLINE)" if source == "hf" and hub_offline \
+            else f"{host} cannot be reached"
+        raise UserError(f"backbone.pretrained = {tag!r}: the {arch} weights are not in the local "
+                        f"cache and {why}: connect to the internet once to download them, or give "
+                        f"a local checkpoint path")
+
+
+def _tag_source(cfg, cache_dir):
+    """("hf" or "url", host, whether the file is already cached) of a pretrained config,
+    following open_clip's choice (the hub first when it has the weights)."""
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import constants, try_to_load_from_cache
+        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+        model_id, filename = os.path.split(hub)
+        filename = filename or HF_WEIGHTS_NAME
+        names = [*_get_safe_alternatives(filename), filename]
+        cached = any(isinstance(try_to_load_from_cache(model_id, name, cache_dir=cache_dir), str)
+                     for name in names)
+        return "hf", urlparse(constants.ENDPOINT).hostname, cached
+    url = cfg.get("url", "")
+    target = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+    return "url", urlparse(url).hostname, target.is_file()
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _set_hub_offline() -> None:
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+
+
+def _host_reachable(host: Optional[str]) -> bool:
+    if not host:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy knows; let the download try
+    try:
+        socket.create_connection((host, 443), timeout=PROBE_SECONDS).close()
+        return True
+    except OSError:
+        return False
 
 
 def _load_partial_state(model, path: Path) -> None:

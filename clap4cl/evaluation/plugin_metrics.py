@@ -11,7 +11,10 @@ from successive ``strategy.eval`` calls.
     evaluator = EvaluationPlugin(*calibration_plugin_metrics(), *continual_metrics(), loggers=[...])
 
 They are for training loops of your own and apply the functions of
-:mod:`clap4cl.evaluation.metrics` to ``strategy.mb_output``. ``clap4cl run`` does not use
+:mod:`clap4cl.evaluation.metrics` to ``strategy.mb_output``. They describe the model on
+the experiences it has trained on: when the whole test stream is evaluated
+(``strategy.eval(bench.test_stream)``), the experiences after the last trained one are
+left out (Avalanche's own accuracy metrics score them, at 0). ``clap4cl run`` does not use
 them: it computes each step's numbers once from its collected logits
 (``metrics.step_metrics``) and logs those values to TensorBoard.
 """
@@ -26,6 +29,11 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import stream_type
 
 from clap4cl.evaluation import metrics
+
+
+def is_future_experience(strategy) -> bool:
+    """True while evaluating an experience after the last one trained on."""
+    return strategy.experience.current_experience > strategy.clock.train_exp_counter - 1
 
 
 class LogitsAccumulator(Metric[float]):
@@ -63,7 +71,12 @@ class LogitsPluginMetric(GenericPluginMetric[float, LogitsAccumulator]):
         self.name = f"{name}_{'Exp' if emit_at == 'experience' else 'Stream'}"
 
     def update(self, strategy) -> None:
-        self._metric.update(strategy.mb_output, strategy.mb_y)
+        if not is_future_experience(strategy):
+            self._metric.update(strategy.mb_output, strategy.mb_y)
+
+    def _package_result(self, strategy):
+        # nothing to emit for an experience (or stream) without seen data
+        return None if self.result() is None else super()._package_result(strategy)
 
     def __str__(self) -> str:
         return self.name
@@ -95,6 +108,8 @@ class TaskAwareAccuracy(LogitsPluginMetric):
         super().__init__("TaskAwareAcc", self._accuracy, emit_at)
 
     def update(self, strategy) -> None:
+        if is_future_experience(strategy):
+            return
         classes = [int(c) for c in strategy.experience.classes_in_this_experience]
         self.classes.extend([classes] * len(strategy.mb_y))
         super().update(strategy)
@@ -123,6 +138,7 @@ class ContinualAccuracyMetric(PluginMetric[float]):
 
     Row t of ``matrix`` holds the accuracies after training experience t (the latest
     evaluation after that training wins); the evaluated stream must start at experience 0.
+    Experiences after t (a full-stream evaluation) are not part of the row.
     """
 
     def __init__(self):
@@ -152,6 +168,8 @@ class ContinualAccuracyMetric(PluginMetric[float]):
         self.reset()
 
     def after_eval_iteration(self, strategy):
+        if is_future_experience(strategy):
+            return
         k = strategy.experience.current_experience
         correct = int((strategy.mb_output.argmax(1) == strategy.mb_y).sum())
         self._correct[k] = self._correct.get(k, 0) + correct

@@ -21,6 +21,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from clap4cl.models.masking import seen_class_logits
+
 
 def as_samples(logits) -> torch.Tensor:
     """(B, M, C) float64 view of (B, M, C) or (B, C) logits (arrays accepted)."""
@@ -91,8 +93,9 @@ def novelty_score(name: str, logits) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_logits(model, x: torch.Tensor, n_samples: Optional[int] = None) -> torch.Tensor:
-    """(B, M, C) Monte-Carlo logits of a model: M samples for models with
-    ``forward_samples`` (``ClapModel``), else its single output as M = 1."""
+    """(B, M, C) Monte-Carlo logits of a model over its seen classes: M samples for
+    models with ``forward_samples`` (``ClapModel``), else its single output as M = 1
+    (the unseen classes' masked columns cut off, see :mod:`clap4cl.models.masking`)."""
     if hasattr(model, "forward_samples"):
         return model.forward_samples(x, n_samples).logits.transpose(0, 1)
-    return model(x)[:, None, :]
+    return seen_class_logits(model, model(x))[:, None, :]

@@ -1,7 +1,7 @@
 """CLIP-Adapter (Gao et al.): a residual bottleneck adapter on the image features.
 
 f = normalize(ratio · A(x̂) + (1 − ratio) · x̂),  A = ReLU ∘ Linear(D/r → D) ∘ ReLU ∘ Linear(D → D/r),
-logits = τ⟨f, t_c⟩ over the seen classes. The reference builds a fresh adapter at every
+logits = τ⟨f, t_c⟩ over the seen classes (the others masked, see :mod:`clap4cl.models.masking`). The reference builds a fresh adapter at every
 experience (docs/clap4clip.md R25); ``reinit_each_experience=False`` keeps one adapter across them.
 """
 from __future__ import annotations
@@ -12,9 +12,10 @@ from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
 from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
+from clap4cl.models.masking import MaskedLogitsMixin, learns_classes_from, pad_unseen
 
 
-class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
+class CLIPAdapterModel(MaskedLogitsMixin, FrozenImageEncoderMixin, DynamicModule):
     """Zero-shot CLIP classifier with a trainable residual image adapter.
 
     Args:
@@ -42,7 +43,7 @@ class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
 
     def adaptation(self, experience) -> None:
         """Extend the label space; re-initialise the adapter for new classes if asked."""
-        if not self.training:
+        if not learns_classes_from(self, experience):
             return
         n_seen = max(self.n_seen_classes, max(experience.classes_in_this_experience) + 1)
         if n_seen > self.n_seen_classes and self.n_seen_classes and self.reinit_each_experience:
@@ -52,9 +53,14 @@ class CLIPAdapterModel(FrozenImageEncoderMixin, DynamicModule):
         self.n_seen_classes = n_seen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """τ-scaled cosine logits over every class, (B, C_all); classes not trained on
+        yet are ``UNSEEN_LOGIT`` (see :mod:`clap4cl.models.masking`)."""
+        if self.n_seen_classes == 0:
+            return self.untrained_logits(x.shape[0])
         image = F.normalize(self.image_features(x).float(), dim=-1)
         mixed = self.ratio * self.adapter(image) + (1 - self.ratio) * image
-        return self.logit_scale * F.normalize(mixed, dim=-1) @ self.class_features[: self.n_seen_classes].T
+        seen = self.logit_scale * F.normalize(mixed, dim=-1) @ self.class_features[: self.n_seen_classes].T
+        return pad_unseen(seen, self.n_classes)
 
     def get_extra_state(self):
         return {"n_seen_classes": self.n_seen_classes}

@@ -13,3 +13,6 @@ FUSIONS = ("late", "concat")
 FILLS = ("zeros", "mean", "learned")
 # (superset, subset) modality pairs compared by CML and the modality metrics.
 PAIR_POLICIES = ("leave_one_out", "nested_chain", "all_nested")
+# How the prompt learner runs the frozen text transformer (``coop.text_pass``): the shared
+# prefix once, every prompt to its end-of-text token, or all 77 tokens as the reference.
+TEXT_PASSES = ("shared_prefix", "truncated", "full")

@@ -22,9 +22,9 @@ from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
 from clap4cl.models.choices import FILLS, FUSIONS
+from clap4cl.models.masking import UNSEEN_LOGIT, learns_classes_from
 from clap4cl.models.multimodal import MultimodalModule
 
-UNSEEN_LOGIT = -1000.0
 
 
 class MultiEncoderClassifier(MultimodalModule, DynamicModule):
@@ -71,7 +71,7 @@ class MultiEncoderClassifier(MultimodalModule, DynamicModule):
 
     def adaptation(self, experience) -> None:
         """Unmask the classes of a training experience."""
-        if self.training:
+        if learns_classes_from(self, experience):
             self.seen[list(experience.classes_in_this_experience)] = True
 
     # ------------------------------------------------------------------ protocol

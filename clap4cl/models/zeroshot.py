@@ -8,10 +8,11 @@ from avalanche.models.dynamic_modules import DynamicModule
 from torch import nn
 
 from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
+from clap4cl.models.masking import MaskedLogitsMixin, learns_classes_from, pad_unseen
 
 
-class ZeroShotClassifier(FrozenImageEncoderMixin, DynamicModule):
-    """logits = logit_scale · ⟨x̂, t_c⟩ over the classes seen so far.
+class ZeroShotClassifier(MaskedLogitsMixin, FrozenImageEncoderMixin, DynamicModule):
+    """logits = logit_scale · ⟨x̂, t_c⟩ over the classes seen so far (the others masked).
 
     Args:
         class_features: (C, D) L2-normalised class text features of the whole stream, in
@@ -32,10 +33,15 @@ class ZeroShotClassifier(FrozenImageEncoderMixin, DynamicModule):
 
     def adaptation(self, experience) -> None:
         """Extend the label space with the classes of a training experience."""
-        if self.training:
+        if learns_classes_from(self, experience):
             classes = experience.classes_in_this_experience
             self.n_seen_classes = max(self.n_seen_classes, max(classes) + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over every class, (B, C_all); classes not seen in training yet are
+        ``UNSEEN_LOGIT`` (see :mod:`clap4cl.models.masking`)."""
+        if self.n_seen_classes == 0:
+            return self.untrained_logits(x.shape[0])
         feats = nn.functional.normalize(self.image_features(x).float(), dim=-1)
-        return self.logit_scale * feats @ self.class_features[: self.n_seen_classes].T
+        seen = self.logit_scale * feats @ self.class_features[: self.n_seen_classes].T
+        return pad_unseen(seen, self.n_classes)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
+from clap4cl.errors import UserError
+
 if TYPE_CHECKING:
     from clap4cl.encoders.text_features import ClassTextFeatures
     from clap4cl.models.clap import ClapModel
@@ -14,8 +16,11 @@ if TYPE_CHECKING:
 
 # The choices this module builds. It imports the models and strategies inside the
 # functions, so reading these names (config validation, the CLI help) loads no torch.
-METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder")
+METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_encoder",
+           "coop", "clap_coop")
 EVAL_CONTEXTS = ("per_image", "mixed", "reference")
+# Learned context length per method when ``coop.n_ctx`` is null (the reference's values).
+DEFAULT_N_CTX = {"coop": 16, "clap_coop": 12}
 
 
 def model_eval_context(eval_context: str) -> str:
@@ -77,7 +82,8 @@ def build_multi_encoder(config: Dict[str, Any], input_dims, n_classes, *, eval_m
 def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeatures,
                       logit_scale: float, evaluator=None, plugins: Sequence = (),
                       image_encoder=None, device: Optional[str] = None,
-                      input_dims: Optional[Dict[str, int]] = None, n_classes: Optional[int] = None):
+                      input_dims: Optional[Dict[str, int]] = None, n_classes: Optional[int] = None,
+                      backbone=None):
     """The strategy of ``config['method']`` with every hyperparameter from ``config``.
 
     Args:
@@ -90,6 +96,8 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
         device: training device (default: ``backbone.device``).
         input_dims, n_classes: the modalities' widths and the stream's classes
             (``multi_encoder`` only; ``benchmark.info.input_dims`` of the two_modality stream).
+        backbone: the frozen ``FrozenCLIP`` whose text tower learned prompts run through
+            (``coop`` and ``clap_coop`` only).
     """
     from clap4cl.models.adapter import CLIPAdapterModel
     from strategies.clap import CLAP
@@ -106,6 +114,10 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
     if method == "multi_encoder":
         return build_multi_encoder(config, input_dims, n_classes, **common)
     memory = build_memory(config["memory"])
+    if method in ("coop", "clap_coop"):
+        return build_prompt_strategy(config, text_features=text_features, logit_scale=logit_scale,
+                                     backbone=backbone, memory=memory,
+                                     image_encoder=image_encoder, **common)
     if method in ("clap", "clap_deterministic"):
         c = config["clap"]
         model = build_clap_model(config, text_features, logit_scale, image_encoder)
@@ -128,7 +140,8 @@ def build_from_config(config: Dict[str, Any], *, text_features: ClassTextFeature
     raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
 
 
-def build_strategy(config, text_features, logit_scale, evaluator, plugins, benchmark=None):
+def build_strategy(config, text_features, logit_scale, evaluator, plugins, benchmark=None,
+                   backbone=None):
     """The Avalanche strategy of ``config['method']`` (see :func:`build_from_config`) with
     the config's ``plugins`` (CML, MAR, ...) before ``plugins``, and the non-finite loss guard."""
     from strategies.guards import NonFiniteLossGuard
@@ -139,4 +152,52 @@ def build_strategy(config, text_features, logit_scale, evaluator, plugins, bench
         config, text_features=text_features, logit_scale=logit_scale, evaluator=evaluator,
         plugins=[*build_plugins(config["plugins"]), *plugins, NonFiniteLossGuard()],
         input_dims=None if info is None else info.input_dims,
-        n_classes=None if info is None else info.n_classes)
+        n_classes=None if info is None else info.n_classes, backbone=backbone)
+
+
+def build_prompt_learner(config: Dict[str, Any], backbone, class_names):
+    """The :class:`~clap4cl.models.prompt_learner.PromptLearner` of ``config['coop']``."""
+    from clap4cl.models.prompt_learner import PromptLearner
+
+    c = config["coop"]
+    n_ctx = c["n_ctx"] if c["n_ctx"] is not None else DEFAULT_N_CTX[config["method"]]
+    return PromptLearner(backbone, class_names, n_ctx=n_ctx, init=c["init"],
+                         init_std=c["init_std"], expandable=c["expandable"],
+                         text_pass=c["text_pass"], text_batch=c["text_batch"])
+
+
+def build_prompt_strategy(config: Dict[str, Any], *, text_features: ClassTextFeatures,
+                          logit_scale: float, backbone, memory, image_encoder=None, **common):
+    """The ``CoOp`` or ``ClapCoop`` strategy of a config (``common``: eval batch size,
+    device, plugins, evaluator)."""
+    from clap4cl.models.coop import ClapCoopModel, CoOpModel
+    from strategies.coop import ClapCoop, CoOp
+
+    method = config["method"]
+    if backbone is None:
+        raise UserError(f"method {method!r} needs the CLIP text encoder: run it on an image "
+                        f"dataset with a backbone")
+    prompts = build_prompt_learner(config, backbone, text_features.class_names)
+    c = config["coop"]
+    if method == "coop":
+        model = CoOpModel(prompts, logit_scale, image_encoder=image_encoder)
+        return CoOp(model=model, memory=memory, train_epochs=c["epochs"],
+                    finetune_epochs=c["finetune_epochs"], lr=c["lr"],
+                    finetune_lr_factor=c["finetune_lr_factor"],
+                    warmup_fraction=c["warmup_fraction"], min_lr_factor=c["min_lr_factor"],
+                    train_mb_size=c["batch_size"], **common)
+    k = config["clap"]
+    model = ClapCoopModel(
+        prompts, text_features, logit_scale, head_layernorm=c["head_layernorm"],
+        vga_heads=c["vga_heads"], vga=k["vga"], vga_ffn_dim=k["vga_ffn_dim"],
+        vga_dropout=k["vga_dropout"], mc_samples=k["mc_samples"],
+        init_from_language=k["init_from_language"],
+        language_init_classes=k["language_init_classes"], train_context=k["train_context"],
+        eval_context=model_eval_context(config["eval"]["context"]), image_encoder=image_encoder)
+    return ClapCoop(model=model, memory=memory, finetune_context=c["finetune_context"],
+                    train_epochs=k["epochs"], finetune_epochs=k["finetune_epochs"], lr=k["lr"],
+                    finetune_lr_factor=k["finetune_lr_factor"],
+                    warmup_fraction=k["warmup_fraction"], min_lr_factor=k["min_lr_factor"],
+                    beta=k["beta"], kl_weight=k["kl_weight"],
+                    regularize_all_tasks=k["regularize_all_tasks"],
+                    train_mb_size=k["batch_size"], **common)

@@ -16,8 +16,9 @@ import yaml
 from clap4cl.encoders.choices import PRECISIONS
 from clap4cl.errors import ConfigError
 from clap4cl.evaluation.choices import METRIC_PAIRS
-from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES
+from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES, TEXT_PASSES
 from clap4cl.runner.assemble import EVAL_CONTEXTS, METHODS
+from clap4cl.runner.checks import FLOAT_SPELLING, check_values
 from scenarios.choices import BAD_IMAGE_POLICIES, CACHE_VERIFY
 from scenarios.registry import available_datasets, normalise_name
 from strategies.choices import MEMORY_POLICIES, SELECTORS
@@ -38,6 +39,8 @@ NULLABLE = {
     "cache.dir": (str,),
     "eval.novelty_dataset": (str,),
     "eval.novelty_root": (str,),
+    "coop.n_ctx": (int,),
+    "coop.vga_heads": (int,),
 }
 
 # Every key with a fixed set of values, read from the registry next to what it selects
@@ -58,6 +61,7 @@ CHOICES = {
     "multi_encoder.fill": FILLS,
     "memory.policy": MEMORY_POLICIES,
     "memory.selector": tuple(SELECTORS),
+    "coop.text_pass": TEXT_PASSES,
 }
 NORMALISED = {"dataset.name": normalise_name, "eval.novelty_dataset": normalise_name}
 # The names allowed in each entry of a list-valued key.
@@ -66,12 +70,26 @@ LIST_CHOICES = {"plugins": tuple(PLUGINS)}
 POSITIVE = ("dataset.n_experiences", "cache.batch_size", "eval.batch_size",
             "clap.batch_size", "clap.mc_samples", "clap.vga_heads", "clap.vga_ffn_dim",
             "clip_adapter.batch_size", "clip_adapter.reduction", "multi_encoder.hidden",
-            "multi_encoder.fused_hidden", "multi_encoder.batch_size", "multi_encoder.lr")
+            "multi_encoder.fused_hidden", "multi_encoder.batch_size", "multi_encoder.lr",
+            "coop.batch_size", "coop.init_std")
 NON_NEGATIVE = ("run", "cache.num_workers", "clap.epochs", "clap.finetune_epochs",
                 "clap.lr", "clap.beta", "clap.kl_weight", "clap.finetune_lr_factor",
                 "clap.warmup_fraction", "clap.min_lr_factor", "clap.vga_dropout",
                 "clip_adapter.epochs", "clip_adapter.lr", "clip_adapter.ratio",
-                "memory.size", "memory.per_class", "multi_encoder.epochs")
+                "memory.size", "memory.per_class", "multi_encoder.epochs", "coop.text_batch",
+                "coop.epochs", "coop.finetune_epochs", "coop.lr", "coop.finetune_lr_factor",
+                "coop.warmup_fraction", "coop.min_lr_factor")
+
+
+def free_form_keys(reference: Optional[Dict[str, Any]] = None, prefix: str = "") -> set:
+    """Dotted keys whose default is an empty mapping (``dataset.options``): maps of the
+    user's own keys, merged key by key and reachable with dotted ``--set`` keys."""
+    reference = defaults() if reference is None else reference
+    keys = set()
+    for key, value in reference.items():
+        if isinstance(value, dict):
+            keys |= free_form_keys(value, f"{prefix}{key}.") if value else {f"{prefix}{key}"}
+    return keys
 
 
 def defaults() -> Dict[str, Any]:
@@ -103,7 +121,15 @@ def read_yaml(path) -> Dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} not found: give an existing YAML file "
                           f"(or omit --config for the default run)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start}): give a YAML text file") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror or exc}): "
+                          f"check its permissions") from exc
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -124,37 +150,63 @@ def parse_override(item: str):
     return key.strip(), value
 
 
-def merge(base: Dict[str, Any], update: Dict[str, Any], where: str = "config", prefix: str = "") -> None:
-    """Merge ``update`` into ``base`` in place, rejecting keys ``base`` does not have."""
+def merge(base: Dict[str, Any], update: Dict[str, Any], where: str = "config", prefix: str = "",
+          free: bool = False) -> None:
+    """Merge ``update`` into ``base`` in place, rejecting keys ``base`` does not have
+    (except inside free-form maps such as ``dataset.options``, merged key by key)."""
     for key, value in update.items():
         full = f"{prefix}{key}"
+        if free:
+            if isinstance(base.get(key), dict) and isinstance(value, dict):
+                merge(base[key], value, where, prefix=f"{full}.", free=True)
+            else:
+                base[key] = value
+            continue
         if key not in base:
             raise ConfigError(_unknown_key_message(full, base, prefix))
-        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
+        if full in FREE_FORM and isinstance(base[key], dict) and isinstance(value, dict):
+            merge(base[key], value, where, prefix=f"{full}.", free=True)
+        elif isinstance(base[key], dict) and base[key] and isinstance(value, dict):
             merge(base[key], value, where, prefix=f"{full}.")
         else:
             base[key] = value
 
 
 def set_key(config: Dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested config, rejecting unknown keys."""
+    """Set ``a.b.c`` in a nested config, rejecting unknown keys; a mapping value merges
+    into the section it names, and keys below a free-form map (``dataset.options.dim``)
+    are created as needed."""
     parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"config key {dotted!r} has an empty part: write e.g. "
+                          f"--set dataset.n_experiences=5")
     node = config
+    free = False
     for depth, part in enumerate(parts):
         prefix = ".".join(parts[:depth])
-        prefix = f"{prefix}." if prefix else ""
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(_unknown_key_message(dotted, node if isinstance(node, dict) else {}, prefix))
-        if depth == len(parts) - 1:
-            if isinstance(node[part], dict) and node[part] and isinstance(value, dict):
-                merge(node[part], value, prefix=f"{dotted}.")  # a section: merge, keep siblings
+        here = ".".join(parts[:depth + 1])
+        last = depth == len(parts) - 1
+        if not isinstance(node, dict):
+            raise ConfigError(f"unknown config key {dotted!r}: {prefix!r} is a single value "
+                              f"({node!r}), not a section; set it with --set {prefix}=VALUE")
+        if not free and part not in node:
+            raise ConfigError(_unknown_key_message(dotted, node, f"{prefix}." if prefix else ""))
+        free = free or here in FREE_FORM
+        if last:
+            if isinstance(node.get(part), dict) and isinstance(value, dict) and (free or node[part]):
+                merge(node[part], value, prefix=f"{dotted}.", free=free)  # merge, keep siblings
             else:
                 node[part] = value
         else:
+            if free and part not in node:
+                node[part] = {}
             node = node[part]
 
 
 def _unknown_key_message(full: str, node: Dict[str, Any], prefix: str) -> str:
+    if not node:
+        return (f"unknown config key {full!r}: {prefix.rstrip('.')!r} takes no keys; "
+                f"see clap4cl/runner/defaults.yaml for every key")
     valid = ", ".join(f"{prefix}{k}" for k in node)
     return f"unknown config key {full!r}: valid keys here are {valid}"
 
@@ -185,8 +237,11 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError("plugins must be a list such as [{name: cml, weight: 1.0}]")
     check_plugin_names(config["plugins"])
     _check_method_data(config)
-    from strategies.plugins.registry import build_plugins
+    _check_prompt_learning(config)
+    check_values(config)
+    from strategies.plugins.registry import build_plugins, normalise_options
 
+    config["plugins"] = normalise_options(config["plugins"])
     build_plugins(config["plugins"])  # plugin options fail before any work
 
 
@@ -196,6 +251,19 @@ def _check_method_data(config) -> None:
         raise ConfigError(f"method {config['method']!r} cannot run on dataset "
                           f"{config['dataset']['name']!r}: the two_modality stream goes with "
                           f"method multi_encoder, CLIP methods with image or synthetic data")
+
+
+def _check_prompt_learning(config) -> None:
+    """Learned prompts need a CLIP text encoder: image datasets, not feature-only streams."""
+    if config["method"] not in ("coop", "clap_coop"):
+        return
+    if str(config["dataset"]["name"]).replace("-", "_").lower() == "synthetic":
+        raise ConfigError(f"method {config['method']!r} learns prompts through the CLIP text "
+                          f"encoder: use an image dataset (e.g. digits), not synthetic features")
+    for key in ("coop.n_ctx", "coop.vga_heads"):
+        value = get(config, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive or null, got {value}")
 
 
 def _check_types(config, reference, prefix) -> None:
@@ -217,6 +285,9 @@ def _check_types(config, reference, prefix) -> None:
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             config[key] = float(value)
             continue
+        if float in allowed and isinstance(value, str) and FLOAT_SPELLING.fullmatch(value.strip()):
+            config[key] = float(value.strip())  # YAML 1.1 reads 1e-3 as a string
+            continue
         if isinstance(value, bool) and bool not in allowed:
             ok = False
         else:
@@ -233,6 +304,9 @@ def get(config: Dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+FREE_FORM = free_form_keys()
 
 
 def dump(config: Dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from avalanche.core import SupervisedPlugin
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from clap4cl.evaluation import metrics, scores
+from clap4cl.models.masking import seen_class_logits
 
 
 @torch.no_grad()
@@ -48,7 +49,8 @@ class LogitsCollector(SupervisedPlugin, supports_distributed=True):
     The experiment's accuracy, calibration and novelty numbers come from the same
     forward passes as Avalanche's own metrics: one evaluation pass per step. Strategies
     that sample (CLAP) leave their samples in ``mb_sample_logits``; for the others the
-    output is one sample. Safe in data-parallel runs: only rank 0 evaluates.
+    output is one sample, over the seen classes. Safe in data-parallel runs: only rank 0
+    evaluates.
     """
 
     def __init__(self):
@@ -61,7 +63,7 @@ class LogitsCollector(SupervisedPlugin, supports_distributed=True):
     def after_eval_iteration(self, strategy, **kwargs):
         samples = getattr(strategy, "mb_sample_logits", None)
         if samples is None or len(samples) != len(strategy.mb_output):
-            samples = strategy.mb_output[:, None, :]
+            samples = seen_class_logits(strategy.model, strategy.mb_output)[:, None, :]
         batches = self.outputs.setdefault(strategy.experience.current_experience, [])
         batches.append((samples.detach().float().cpu(), strategy.mb_y.cpu()))
 

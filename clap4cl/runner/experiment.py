@@ -18,14 +18,15 @@ from clap4cl.features.cache import FeatureCache
 from clap4cl.paths import default_cache_dir
 from clap4cl.runner.assemble import build_strategy
 from clap4cl.runner.evaluate import LogitsCollector, evaluate_step
-from clap4cl.runner.inputs import (SYNTHETIC_LOGIT_SCALE, build_benchmark, check_novelty_dataset,
-                                   load_backbone, load_external_ood, null_image_embedding,
-                                   stream_text_features)
+from clap4cl.runner.inputs import (SYNTHETIC_LOGIT_SCALE, build_benchmark, check_cache_dir,
+                                   check_device, check_novelty_dataset, load_backbone,
+                                   load_external_ood, null_image_embedding, stream_text_features)
 from clap4cl.runner.logs import log_step_scalars, make_evaluator, tensorboard_logger, write_plots
 from clap4cl.runner.results import Timer, plugin_name, summarise
 from clap4cl.runner.threads import phase_threads, run_heads_are_heavy, single_interop_thread
-from clap4cl.runner.rundir import (prepare_run_dir, release_freed_memory, restore_results,
-                                   resume, save_run_checkpoint, write_json_atomic)
+from clap4cl.runner.rundir import (check_run_dir, record_changes, release_freed_memory,
+                                   restore_results, resume, save_run_checkpoint,
+                                   write_json_atomic, write_run_config)
 
 
 def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] = None) -> Dict[str, Any]:
@@ -43,15 +44,17 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     """
     output = Path(output)
     seed = run_seed(config)
+    check_device(config)
     start_distributed(config, seed)
     main = distributed.is_main()
     progress = (config["logging"]["progress"] if progress is None else progress) and main
-    if main:
-        prepare_run_dir(output, config)
+    # Every check before anything is written: config.yaml comes once the inputs are built.
+    changes = check_run_dir(output, config) if main else []
+    check_cache_dir(config)
+    check_novelty_dataset(config)
     distributed.barrier()
     timer = Timer()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
-    check_novelty_dataset(config)
     threads = config["threads"]
     if threads == "auto":
         single_interop_thread()
@@ -63,9 +66,11 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     logit_scale = backbone.logit_scale if backbone is not None else SYNTHETIC_LOGIT_SCALE
     # Seeded after extraction, so results do not depend on whether the cache was warm.
     RNGManager.set_random_seeds(seed)
+    if main:
+        write_run_config(output, config)
     evaluator, _ = make_evaluator(output, config, progress, write_tensorboard=main)
     strategy = build_strategy(config, text, logit_scale, evaluator,
-                              plugins=[LogitsCollector()], benchmark=benchmark)
+                              plugins=[LogitsCollector()], benchmark=benchmark, backbone=backbone)
     null_image = null_image_embedding(backbone, benchmark)
     if null_image is not None and hasattr(strategy.model, "set_null_image"):
         strategy.model.set_null_image(null_image)
@@ -73,6 +78,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         external_ood = load_external_ood(config, backbone, cache, progress)
     strategy, start = resume(strategy, output, timer, benchmark.train_stream)
     state = strategy.run_state
+    record_changes(state, changes, start)
     collector = next(p for p in strategy.plugins if isinstance(p, LogitsCollector))
     tensorboard = tensorboard_logger(strategy)
     results = state["results"]
@@ -93,6 +99,8 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         state["steps"].append(evaluated)
         results = summarise(config, benchmark, state["rows"], state["steps"], timer,
                             completed=step + 1)
+        if state.get("config_changes"):
+            results["config_changes_on_resume"] = state["config_changes"]
         log_step_scalars(tensorboard, step, results)
         state["results"] = results
         state["timer"] = dict(timer.seconds)
@@ -127,7 +135,8 @@ def start_distributed(config, seed: int) -> None:
                         f"supported in data-parallel runs: run them without torchrun")
     if config["method"] == "multi_encoder":
         raise UserError("method multi_encoder does not train data-parallel: run it without torchrun")
-    section = {"clap": "clap", "clap_deterministic": "clap"}.get(config["method"], config["method"])
+    section = {"clap": "clap", "clap_deterministic": "clap",
+               "clap_coop": "clap"}.get(config["method"], config["method"])
     batch = config.get(section, {}).get("batch_size")
     if batch is not None and batch % distributed.world_size():
         raise UserError(f"{section}.batch_size {batch} is the global batch: it must be divisible "

@@ -8,6 +8,7 @@ import numpy as np
 
 from clap4cl.evaluation import metrics
 from clap4cl.runner.inputs import feature_only
+from strategies.plugins.registry import plugin_name
 
 
 class Timer:
@@ -111,7 +112,3 @@ def step_scalars(results: Dict[str, Any], step: int) -> Dict[str, float]:
         if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f"reliability/{name}"] = value
     return out
-
-
-def plugin_name(spec) -> str:
-    return spec if isinstance(spec, str) else spec.get("name")

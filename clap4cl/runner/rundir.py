@@ -1,4 +1,4 @@
-"""The run directory: config check, atomic JSON, the checkpoint and resuming from it."""
+"""The run directory: checks, config.yaml, atomic JSON, the checkpoint and resuming from it."""
 from __future__ import annotations
 
 import ctypes
@@ -7,9 +7,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
 
 from clap4cl.errors import UserError
+from clap4cl.runner.checks import check_writable_dir
 from clap4cl.runner.config import dump
 from clap4cl.runner.results import Timer
 
@@ -48,17 +51,136 @@ def default_output(config: Dict[str, Any], *, seeds: bool = False) -> Path:
     return Path("runs") / name
 
 
-def prepare_run_dir(output: Path, config: Dict[str, Any]) -> None:
-    """Create the run directory, refusing one that holds a different config (or a config
-    naming an unknown dataset or method: nothing is written then)."""
+# Keys that only change how a run is shown or how fast it goes, never its results: they
+# may differ when a run directory is resumed and are not recorded.
+PRESENTATION_KEYS = ("logging.progress", "logging.tensorboard", "threads")
+# Keys that may change when a run resumes, for the experiences not yet trained (e.g. a
+# lower learning rate after a non-finite loss); each change is recorded in results.json
+# under config_changes_on_resume (see docs/long-runs.md).
+RESUMABLE_KEYS = ("clap.lr", "clap.finetune_lr_factor", "clap.epochs", "clap.finetune_epochs",
+                  "clip_adapter.lr", "clip_adapter.epochs", "multi_encoder.lr",
+                  "multi_encoder.epochs", "coop.lr", "coop.finetune_lr_factor", "coop.epochs",
+                  "coop.finetune_epochs")
+def check_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Refuse a run directory this config cannot run in, writing nothing: not writable,
+    or holding a run with a different config. Returns the
+    allowed changes of a resumed run (``RESUMABLE_KEYS`` whose value differs from the
+    run's, as ``{"key", "from", "to"}``), to be recorded once it resumes."""
     checked_names(config)
+    check_writable_dir(output, "--output")
+    saved = output / "config.yaml"
+    if not saved.is_file():
+        return []
+    try:
+        run = yaml.safe_load(saved.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{str(saved)!r} cannot be read ({type(exc).__name__}): choose another "
+                        f"--output or delete that directory") from exc
+    if not isinstance(run, dict):
+        raise UserError(f"{str(saved)!r} does not hold a config: choose another --output or "
+                        f"delete that directory")
+    for change in recorded_changes(output):
+        _set_dotted(run, change["key"], change["to"])
+    current = yaml.safe_load(dump(config))
+    differing = [key for key in _differences(run, current) if key not in PRESENTATION_KEYS]
+    fixed = [key for key in differing if key not in RESUMABLE_KEYS]
+    if fixed:
+        key = fixed[0]
+        raise UserError(f"run directory {str(output)!r} holds a run with a different config "
+                        f"({key} = {_dotted(run, key)!r} there, {_dotted(current, key)!r} now; only "
+                        f"learning rates, epochs and logging may change on resume): choose another "
+                        f"--output or delete that directory")
+    if not differing:
+        return []
+    done = completed_experiences(output)
+    if done is not None and done >= config["dataset"]["n_experiences"]:
+        raise UserError(f"run directory {str(output)!r} holds a finished run: {differing[0]} = "
+                        f"{_dotted(current, differing[0])!r} would apply to no experience; choose "
+                        f"another --output to train with it")
+    return [{"key": key, "from": _dotted(run, key), "to": _dotted(current, key)} for key in differing]
+
+
+def write_run_config(output: Path, config: Dict[str, Any]) -> None:
+    """Create the run directory and its config.yaml (kept as first written when the run
+    resumes: allowed changes are recorded in results.json). Called once every input
+    has been checked and built, so a rejected command leaves nothing behind."""
     output.mkdir(parents=True, exist_ok=True)
     saved = output / "config.yaml"
-    text = dump(config)
-    if saved.is_file() and saved.read_text() != text:
-        raise UserError(f"run directory {str(output)!r} holds a run with a different config: "
-                        f"choose another --output or delete that directory")
-    saved.write_text(text)
+    if not saved.is_file():
+        tmp = saved.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(dump(config))
+        os.replace(tmp, saved)
+
+
+def prepare_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """:func:`check_run_dir` then :func:`write_run_config` (for callers with nothing to
+    build in between)."""
+    changes = check_run_dir(output, config)
+    write_run_config(output, config)
+    return changes
+
+
+def record_changes(run_state: Dict[str, Any], changes: List[Dict[str, Any]], start: int) -> None:
+    """Append the allowed config changes of this resume to ``run_state`` (first
+    experience trained with them: ``start``)."""
+    if changes:
+        run_state.setdefault("config_changes", []).extend(
+            {**change, "from_experience": start} for change in changes)
+
+
+def recorded_changes(output: Path) -> List[Dict[str, Any]]:
+    """The config changes of earlier resumes, from ``results.json`` (none if unreadable)."""
+    results = _read_results(output)
+    changes = results.get("config_changes_on_resume") if results else None
+    return [c for c in changes if isinstance(c, dict) and "key" in c and "to" in c] \
+        if isinstance(changes, list) else []
+
+
+def completed_experiences(output: Path) -> Optional[int]:
+    """Experiences the run in ``output`` finished: from results.json, 0 without a
+    checkpoint, None when it cannot be told."""
+    results = _read_results(output)
+    if results and isinstance(results.get("completed_experiences"), int):
+        return results["completed_experiences"]
+    return None if (output / CHECKPOINT).is_file() else 0
+
+
+def _read_results(output: Path) -> Optional[Dict[str, Any]]:
+    try:
+        results = json.loads((output / "results.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = list(a) + [k for k in b if k not in a]
+        return [d for k in keys
+                for d in _differences(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+_MISSING = object()
+
+
+def _dotted(config: Dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = config
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            return
+    node[parts[-1]] = value
 
 
 def restore_results(output: Path, results: Dict[str, Any]) -> None:

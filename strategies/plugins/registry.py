@@ -7,6 +7,7 @@ help) stays cheap.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Dict, List, Sequence, Union
 
 from clap4cl._lazy import resolve
@@ -28,10 +29,49 @@ def plugin_name(spec: Union[str, Dict[str, Any]]):
 
 def check_plugin_names(specs: Sequence[Union[str, Dict[str, Any]]]) -> None:
     """ConfigError naming the first entry whose name is not in ``PLUGINS`` (no imports)."""
-    for spec in specs:
+    for i, spec in enumerate(specs):
         name = plugin_name(spec)
-        if name not in PLUGINS:
+        if name is None:
+            raise ConfigError(f"plugins[{i}] = {spec!r} has no name: write e.g. "
+                              f"{{name: cml, weight: 1.0}} with name one of {', '.join(PLUGINS)}")
+        if not isinstance(name, str) or name not in PLUGINS:
             raise ConfigError(f"plugins: unknown plugin {name!r}: choose from {', '.join(PLUGINS)}")
+
+
+_FLOAT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
+
+
+def normalise_options(specs: Sequence[Union[str, Dict[str, Any]]]) -> List:
+    """``specs`` with each option whose default is a number or a bool checked against
+    that type: a ConfigError names the plugin, the option and the value (instead of a
+    TypeError deep in training); float spellings YAML 1.1 reads as strings (``1e-3``) and
+    integers become floats for float options."""
+    out = []
+    for spec in specs:
+        if isinstance(spec, str):
+            out.append(spec)
+            continue
+        spec = dict(spec)
+        name = spec["name"]
+        defaults = {key: p.default for key, p in inspect.signature(resolve(PLUGINS[name])).parameters.items()}
+        for key, value in spec.items():
+            default = defaults.get(key, inspect.Parameter.empty)
+            if key == "name" or default is None or default is inspect.Parameter.empty:
+                continue
+            kind = type(default)
+            if kind is float and not isinstance(value, bool):
+                if isinstance(value, int):
+                    spec[key] = float(value)
+                    continue
+                if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+                    spec[key] = float(value.strip())
+                    continue
+            if kind in (float, int, bool) and type(value) is not kind:
+                raise ConfigError(f"plugin {name} option {key} must be {kind.__name__}, got "
+                                  f"{type(value).__name__} {value!r}: e.g. {{name: {name}, "
+                                  f"{key}: {default!r}}}")
+        out.append(spec)
+    return out
 
 
 def build_plugins(specs: Sequence[Union[str, Dict[str, Any]]]) -> List:

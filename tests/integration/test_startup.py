@@ -43,9 +43,17 @@ def test_help_imports_nothing_heavy(argv):
 @pytest.mark.parametrize("override, key", [("method=nope", "method"),
                                            ("memory.selector=nope", "memory.selector"),
                                            ("dataset.name=nope", "dataset.name"),
-                                           ("plugins=[nope]", "plugins")])
+                                           ("plugins=[nope]", "plugins"),
+                                           ("seed=-1", "seed"),
+                                           ("clap.vga_heads=3", "clap.vga_heads"),
+                                           # the width of an open_clip architecture is
+                                           # read from its JSON config, no model built
+                                           ("backbone.arch=ViT-B-16 clap.vga_heads=7",
+                                            "clap.vga_heads"),
+                                           ("clap.lr=.nan", "clap.lr")])
 def test_config_error_is_one_line_and_imports_nothing_heavy(override, key):
-    status, heavy, stderr = probe("run", "--set", override)
+    argv = [a for o in override.split() for a in ("--set", o)]
+    status, heavy, stderr = probe("run", *argv)
     assert status == "2"
     assert heavy == ""
     assert stderr.count("\n") == 1 and stderr.startswith(f"clap4cl: error: {key}")

@@ -7,9 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from clap4cl import ClapModel, ClassTextFeatures
-from clap4cl.models.clap import (GaussianTaskHeads, VisualGuidedAttention, kl_loss,
-                                kl_to_standard_normal, language_init, language_loss,
-                                task_block_mask)
+from clap4cl.models.clap import (
+    GaussianTaskHeads,
+    VisualGuidedAttention,
+    kl_loss,
+    kl_to_standard_normal,
+    language_init,
+    language_loss,
+    task_block_mask,
+)
+from clap4cl.models.masking import UNSEEN_LOGIT
 
 DIM = 8
 
@@ -244,7 +251,9 @@ def test_forward_is_the_sample_mean_shortcut():
     h = model.refined_text(x_hat)
     mu, sigma = model.heads(h)
     expected = 10.0 * torch.einsum("bd,bcd->bc", x_hat, h + mu + sigma * eps_bar)
-    assert torch.allclose(logits, expected, atol=1e-4)
+    assert logits.shape == (3, 6)                        # every class with text: 5 seen + 1
+    assert torch.allclose(logits[:, :5], expected, atol=1e-4)
+    assert torch.equal(logits[:, 5:], torch.full((3, 1), UNSEEN_LOGIT))
     # the same expectation as averaging M sampled logits
     many = torch.stack([model.forward_samples(x).mean_logits for _ in range(200)]).mean(0)
     assert torch.allclose(many, 10.0 * torch.einsum("bd,bcd->bc", x_hat, h + mu), atol=0.5)
@@ -269,11 +278,19 @@ def test_per_image_outputs_ignore_batch_mates_and_reference_outputs_do_not():
     assert not torch.allclose(batch(x)[0], batch(other)[0], atol=1e-3)
 
 
-def test_adaptation_grows_heads_and_freezes_older_ones():
-    model = grown_model(task_classes=((0, 1), (2, 3, 4), (5,)))
+def test_adaptation_grows_heads_and_freezes_older_ones_only_when_asked():
+    model = grown_model(task_classes=((0, 1), (2, 3, 4), (5,)), freeze_old_heads=True)
     assert model.task_sizes == [2, 3, 1]
     assert model(torch.randn(2, DIM)).shape == (2, 6)
     assert [p.requires_grad for p in model.heads.mu_weight] == [False, False, True]
+    assert [p.requires_grad for p in model.heads.sigma_bias] == [False, False, True]
+    stock = grown_model(task_classes=((0, 1), (2, 3, 4), (5,)))
+    assert stock.freeze_old_heads is False
+    assert [p.requires_grad for p in stock.heads.mu_weight] == [True, True, True]
+    assert [p.requires_grad for p in stock.heads.sigma_weight] == [True, True, True]
+    fresh = ClapModel(text_stats(), 10.0, vga_ffn_dim=16, freeze_old_heads=True)
+    fresh.load_state_dict(stock.state_dict())            # a checkpoint follows the option too
+    assert [p.requires_grad for p in fresh.heads.mu_weight] == [False, False, True]
     model.eval()
     model.adaptation(experience([5]))                  # evaluation never grows the model
     assert model.task_sizes == [2, 3, 1]
@@ -334,7 +351,38 @@ def test_the_frozen_encoder_is_in_no_state_dict_nor_parameters(kind, tiny_backbo
     images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size)
     logits = model(images)                                  # images still go through it
     features = tiny_backbone.encode_images(images)
-    assert logits.shape == (2, 2) and torch.allclose(logits, model(features), atol=1e-5)
+    assert logits.shape == (2, 4) and torch.allclose(logits, model(features), atol=1e-5)
+    assert torch.equal(logits[:, 2:], torch.full((2, 2), UNSEEN_LOGIT))   # 2 of 4 classes seen
+
+
+@pytest.mark.parametrize("kind", ["clap", "adapter", "zeroshot"])
+def test_a_deep_copy_shares_the_frozen_encoder_and_copies_the_rest(kind, tiny_backbone):
+    import copy
+
+    model = models_with_an_image_encoder(tiny_backbone)[kind]
+    twin = copy.deepcopy(model)
+    assert twin.image_encoder is tiny_backbone
+    assert twin.class_features is not model.class_features
+    assert all(a is not b for a, b in zip(twin.parameters(), model.parameters()))
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)                                 # the copy trains on its own
+    if kind != "zeroshot":
+        assert not torch.equal(next(twin.parameters()), next(model.parameters()))
+    images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size)
+    assert twin(images).shape == (2, 4)
+
+
+@pytest.mark.parametrize("kind", ["clap", "adapter", "zeroshot"])
+def test_evaluating_before_any_training_is_a_one_line_error(kind):
+    from clap4cl import CLIPAdapterModel, ZeroShotClassifier
+
+    text = text_stats(n_classes=4)
+    model = {"clap": lambda: ClapModel(text, 10.0, vga_ffn_dim=16),
+             "adapter": lambda: CLIPAdapterModel(text.normalized, 10.0),
+             "zeroshot": lambda: ZeroShotClassifier(text.normalized, 10.0)}[kind]().eval()
+    with pytest.raises(RuntimeError, match=r"^the model has no classes yet: train on an experience first"):
+        model(torch.randn(2, DIM))
 
 
 def test_device_moves_reach_the_frozen_encoder_and_dtype_moves_do_not():
@@ -346,3 +394,29 @@ def test_device_moves_reach_the_frozen_encoder_and_dtype_moves_do_not():
     assert model.class_features.dtype == torch.float64 and encoder.dtype == torch.float32
     model.to("meta")
     assert model.class_features.device.type == "meta" and encoder.device.type == "meta"
+
+
+@pytest.mark.parametrize("kind", ["clap", "adapter", "zeroshot"])
+def test_the_toolkit_s_sample_logits_are_over_the_seen_classes(kind, tiny_backbone):
+    from clap4cl.evaluation.scores import sample_logits
+
+    model = models_with_an_image_encoder(tiny_backbone)[kind]
+    x = torch.randn(3, tiny_backbone.embed_dim)
+    assert model(x).shape == (3, 4)
+    samples = sample_logits(model, x)
+    assert samples.shape[0] == 3 and samples.shape[2] == 2 and (samples > UNSEEN_LOGIT).all()
+    if kind != "clap":
+        assert torch.equal(samples[:, 0], model(x)[:, :2])
+
+
+def test_test_stream_experiences_never_add_classes_even_in_train_mode():
+    """Avalanche's GDumb adapts its kept initial model (in train mode) to evaluated
+    experiences; a future test experience must not become seen that way."""
+    model = grown_model(task_classes=((0, 1),)).train()
+    test_experience = SimpleNamespace(classes_in_this_experience=[2, 3, 4],
+                                      origin_stream=SimpleNamespace(name="test"))
+    model.adaptation(test_experience)
+    assert model.task_sizes == [2]
+    test_experience.origin_stream.name = "train"
+    model.adaptation(test_experience)
+    assert model.task_sizes == [2, 3]

@@ -24,6 +24,8 @@ from clap4cl.models.choices import LANGUAGE_INIT_CLASSES
 from clap4cl.models.clap.layers import CONTEXTS, GaussianTaskHeads, VisualGuidedAttention
 from clap4cl.models.clap.losses import language_init
 from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
+from clap4cl.models.masking import (MaskedLogitsMixin, learns_classes_from, pad_unseen,
+                                    require_trained)
 from clap4cl.models.multimodal import MultimodalModule
 
 
@@ -54,14 +56,17 @@ class ClapOutput:
         return self.mu if self.sigma is None else self.mu + self.sigma * self.eps_mean
 
 
-class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
+class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
     """CLAP4CLIP as an Avalanche dynamic module over frozen CLIP features.
 
     It grows one probabilistic head per training experience (language-initialised from
     the text statistics of the stream's classes) and scores all classes seen so far.
-    ``forward`` returns the mean over M Monte-Carlo samples of the logits, (B, C), so any
-    Avalanche strategy can train it as a plain classifier; ``forward_samples`` returns
-    all M samples and the head statistics for CLAP's own loss.
+    ``forward`` returns the mean over M Monte-Carlo samples of the logits over *every*
+    class of ``text``, (B, C_all), the classes not trained on yet masked to
+    ``clap4cl.models.masking.UNSEEN_LOGIT``, so any Avalanche strategy can train it as a
+    plain classifier and evaluate it on the whole test stream (future experiences score
+    accuracy 0 with a finite loss). ``forward_samples`` returns all M samples over the
+    seen classes, (M, B, C_seen), and the head statistics for CLAP's own loss.
 
     Args:
         text: text statistics of every class of the stream, in label order.
@@ -76,7 +81,13 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
             ``per_image``). In data-parallel training under torchrun the ``batch``
             context is the global batch: the image features of every rank's share.
         image_encoder: optional frozen ``FrozenCLIP`` for image inputs (B, 3, H, W), never
-            in ``state_dict`` or ``parameters`` (see :mod:`clap4cl.models.frozen_encoder`).
+            in ``state_dict`` or ``parameters``, moved by ``.to(device)`` and shared (not
+            copied) by ``copy.deepcopy`` (see :mod:`clap4cl.models.frozen_encoder`).
+        freeze_old_heads: when a head is added, freeze the older ones (only the newest
+            head and the VGA train). False (the default) leaves every head trainable, so a
+            stock Avalanche strategy (Naive, LwF, EWC, GDumb, replay) trains, distils or
+            protects all of them. The ``strategies.CLAP`` strategy does not need it: it
+            freezes and unfreezes heads itself, per phase (its training rule).
 
     As a :class:`clap4cl.models.multimodal.MultimodalModule` its removable components are the
     ``image`` (replaced by the null image of :meth:`set_null_image`, e.g. the frozen
@@ -98,7 +109,8 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
                  vga_heads: int = 1, vga_ffn_dim: int = 2048, vga_dropout: float = 0.1,
                  mc_samples: int = 20, variational: bool = True, init_from_language: bool = True,
                  language_init_classes: str = "all", train_context: str = "batch",
-                 eval_context: str = "per_image", image_encoder=None):
+                 eval_context: str = "per_image", image_encoder=None,
+                 freeze_old_heads: bool = False):
         super().__init__()
         for name, value in (("train_context", train_context), ("eval_context", eval_context)):
             if value not in CONTEXTS:
@@ -121,6 +133,7 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
         self.language_init_classes = language_init_classes
         self.train_context = train_context
         self.eval_context = eval_context
+        self.freeze_old_heads = bool(freeze_old_heads)
         self.set_image_encoder(image_encoder)
 
     # ------------------------------------------------------------------ structure
@@ -146,7 +159,7 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
 
     def adaptation(self, experience) -> None:
         """Add a head for the new classes of a training experience."""
-        if not self.training:
+        if not learns_classes_from(self, experience):
             return
         seen = self.n_seen_classes
         new = sorted({int(c) for c in experience.classes_in_this_experience} - set(range(seen)))
@@ -154,7 +167,8 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
             self.add_task(new)
 
     def add_task(self, classes: Sequence[int]) -> None:
-        """Append a head for ``classes`` (the next contiguous labels) and freeze older heads."""
+        """Append a head for ``classes`` (the next contiguous labels); older heads are
+        frozen only with ``freeze_old_heads``."""
         start = self.n_seen_classes
         if list(classes) != list(range(start, start + len(classes))):
             raise ValueError(f"new classes must be the next contiguous labels {start}.., got "
@@ -167,7 +181,12 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
             first = 0 if self.language_init_classes == "all" else start
             mu_init, sigma_init = language_init(self.text_mean[first:end], self.text_variance[first:end])
         self.heads.add_task(len(classes), mu_init, sigma_init)
-        self.heads.set_trainable([self.heads.n_tasks - 1])
+        self._set_default_trainable()
+
+    def _set_default_trainable(self) -> None:
+        """The newest head only (``freeze_old_heads``) or every head trains."""
+        n_tasks = self.heads.n_tasks
+        self.heads.set_trainable([n_tasks - 1] if self.freeze_old_heads else range(n_tasks))
 
     # ------------------------------------------------------------------ forward
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,8 +228,7 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
     def sample(self, images: torch.Tensor, present: Optional[torch.Tensor] = None,
                n_samples: Optional[int] = None, context: Optional[str] = None) -> ClapOutput:
         """:meth:`forward_samples` on encoded images, with the components of ``present``."""
-        if self.n_seen_classes == 0:
-            raise RuntimeError("the model has no heads yet: train it on an experience first")
+        require_trained(self.n_seen_classes)
         images, guidance = self._apply_mask(images, present)
         h = self.refined_text(images, context, guidance)
         mu, sigma = self.heads(h)
@@ -223,7 +241,8 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
 
     def head(self, feats, present: Optional[torch.Tensor] = None, *,
              mc_samples: bool = False) -> torch.Tensor:
-        """log of the mean over M samples of softmax (B, C), or the raw (M, B, C) logits."""
+        """log of the mean over M samples of softmax (B, C_seen), or the raw (M, B, C_seen)
+        logits, over the seen classes (the toolkit's modality metrics and plugins use it)."""
         logits = self.sample(feats["image"], present).logits
         if mc_samples:
             return logits
@@ -235,9 +254,10 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
         return self.sample(feats["image"], present).mean_logits
 
     def logit_contributions(self, feats, present: Optional[torch.Tensor] = None):
-        """The logit split additively by where the class weight comes from, (B, C) each:
+        """The logit split additively by where the class weight comes from, (B, C_seen) each:
         ``prior`` τ⟨x̂, t_c⟩ (zero-shot text), ``guidance`` τ⟨x̂, VGA_c⟩ and ``adapter``
         τ⟨x̂, z̄_c⟩ (the task head's sample mean). They sum to the mean logit."""
+        require_trained(self.n_seen_classes)
         images, guidance = self._apply_mask(feats["image"], present)
         context = self.current_context()
         t = self.class_features[: self.n_seen_classes]
@@ -264,11 +284,19 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
         return images, guidance_on
 
     def forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Mean over M samples of the logits, (B, C).
+        """Mean over M samples of the logits over every class, (B, C_all); classes not
+        trained on yet are ``UNSEEN_LOGIT``.
 
         The mean is linear in ε, so it is computed from one draw ε̄ ~ N(0, I/M): the
         same distribution as averaging M sampled logits.
         """
+        if self.n_seen_classes == 0:
+            return self.untrained_logits(x.shape[0])
+        return pad_unseen(self.seen_forward(x, present), self.n_classes)
+
+    def seen_forward(self, x: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`forward` over the seen classes only, (B, C_seen)."""
+        require_trained(self.n_seen_classes)
         images, guidance = self._apply_mask(self.encode(x)["image"], present)
         h = self.refined_text(images, guidance=guidance)
         mu, sigma = self.heads(h)
@@ -304,5 +332,5 @@ class ClapModel(FrozenImageEncoderMixin, MultimodalModule, DynamicModule):
         for size in sizes[self.heads.n_tasks:]:
             self.heads.add_task(size)
         if self.heads.n_tasks:
-            self.heads.set_trainable([self.heads.n_tasks - 1])
+            self._set_default_trainable()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
