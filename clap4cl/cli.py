@@ -14,6 +14,26 @@ from clap4cl.errors import UserError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a terminated process
+RESUME_HINT = ("finished experiences are kept in the run directory: run the same command "
+               "again to resume")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``kill`` send) arrived: stop like Ctrl-C."""
+
+
+def _raise_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated`; returns the handler it replaced (or None)."""
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,11 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings():
+    """Warnings as one ``clap4cl: warning: ...`` line each (no source line under them);
+    returns the formatter it replaced."""
+    import warnings
+
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_, **__: f"clap4cl: warning: {message}\n"
+    return previous
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the subcommand, whose --help lists its options
         parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    format_warning, previous = _one_line_warnings(), _raise_on_sigterm()
     try:
         if args.command == "run":
             return _run(args)
@@ -76,10 +107,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as exc:
         print(f"clap4cl: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated:
+        print(f"clap4cl: terminated (SIGTERM); {RESUME_HINT}", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("clap4cl: interrupted; finished experiences are kept in the run directory: "
-              "run the same command again to resume", file=sys.stderr)
+        print(f"clap4cl: interrupted; {RESUME_HINT}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        import signal
+        import warnings
+
+        warnings.formatwarning = format_warning
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_BAD_INPUT
 
 

@@ -17,4 +17,22 @@ class DataNotFoundError(UserError):
 
 
 class TrainingDivergedError(UserError):
-    """The loss became NaN or infinite; the message names where and what to try."""
+    """Training or evaluation went numerically wrong (a NaN or infinite loss, logit or input
+    feature, or a loss that rose instead of falling); the message names where, the cause
+    and what to try."""
+
+
+class BadImageError(UserError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image, too large).
+
+    Attributes:
+        path: the file.
+        reason: why it cannot be read, in words.
+    """
+
+    def __init__(self, path, reason=None):
+        # with one argument (how DataLoader workers re-raise it) that is the whole message
+        super().__init__(str(path) if reason is None else
+                         f"image {str(path)!r} cannot be read: {reason}")
+        self.path = str(path)
+        self.reason = reason

@@ -50,8 +50,9 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
                       first_experience_classes: Optional[int] = None, level: str = "image",
                       backbone=None, cache=None, train_transform: Optional[Callable] = None,
                       eval_transform: Optional[Callable] = None, progress: bool = True,
-                      batch_size: int = 128, num_workers: int = 0,
-                      templates: Optional[Sequence] = None, **dataset_kwargs):
+                      batch_size: int = 128, num_workers: int = 0, on_bad_image: str = "skip",
+                      cache_verify: str = "mtime", templates: Optional[Sequence] = None,
+                      **dataset_kwargs):
     """A class-incremental Avalanche benchmark (``nc_benchmark``, no task labels).
 
     Labels are remapped so that label i is original class ``class_order[i]``.
@@ -77,6 +78,12 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
         train_transform, eval_transform: image-level transforms (override the backbone's;
             with neither, items are PIL images).
         progress, batch_size, num_workers: feature extraction settings.
+        on_bad_image: ``"skip"`` drops image files that cannot be decoded from their
+            split with their label (one warning each; the count is
+            ``info.skipped_images``), ``"error"`` stops with an error naming the file
+            (features level).
+        cache_verify: ``"mtime"`` or ``"content"`` (also hash every image file's bytes
+            into the cache key); see :func:`scenarios.features.to_feature_splits`.
         templates: prompt templates of the class text features (None: the dataset's).
         **dataset_kwargs: options of the dataset loader (e.g. ``download=True`` for
             CIFAR, ``n_classes=20`` for synthetic).
@@ -109,16 +116,25 @@ def class_incremental(name: str, *, n_experiences: int, run: int = 0, root=None,
         from clap4cl.paths import default_cache_dir
 
         cache = FeatureCache(default_cache_dir())
+    skipped, fingerprint = (), splits.fingerprint
     if level == "image":
         train, test = _image_level(splits, backbone, train_transform, eval_transform)
     else:
-        train, test = _feature_level(splits, backbone, cache, progress, batch_size, num_workers)
+        train, test = _feature_level(splits, backbone, cache, progress, batch_size, num_workers,
+                                     on_bad_image, cache_verify)
+        skipped = tuple(train.skipped) + tuple(test.skipped)
+        if skipped:
+            from scenarios.base import make_fingerprint
+
+            _plan_stream(splits.n_classes, n_experiences, run, class_order,
+                         first_experience_classes, train.targets, test.targets)
+            fingerprint = make_fingerprint(key, splits.fingerprint, "skipped", sorted(skipped))
     benchmark = _nc_benchmark(train, test, order, sizes, features=level == "features")
     class_names = [splits.class_names[c] for c in order]
     templates = tuple(templates) if templates else tuple(splits.templates)
     text = _text_features(backbone, class_names, templates, cache)
     return _annotate(benchmark, key, order, sizes, class_names, templates, text, level,
-                     splits.fingerprint)
+                     fingerprint, skipped_images=skipped)
 
 
 def _text_features(backbone, class_names, templates, cache):
@@ -152,11 +168,13 @@ def _image_level(splits: DatasetSplits, backbone, train_transform, eval_transfor
     return splits.train.with_transform(train_transform), splits.test.with_transform(eval_transform)
 
 
-def _feature_level(splits: DatasetSplits, backbone, cache, progress, batch_size, num_workers):
+def _feature_level(splits: DatasetSplits, backbone, cache, progress, batch_size, num_workers,
+                   on_bad_image="skip", cache_verify="mtime"):
     from scenarios.features import to_feature_splits
 
     return to_feature_splits(splits, backbone, cache, batch_size=batch_size,
-                             num_workers=num_workers, progress=progress)
+                             num_workers=num_workers, progress=progress,
+                             on_bad_image=on_bad_image, verify=cache_verify)
 
 
 def _synthetic_benchmark(key, n_experiences, run, root, class_order, first_experience_classes,
@@ -213,7 +231,7 @@ def _nc_benchmark(train, test, order: List[int], sizes: List[int], features: boo
 
 
 def _annotate(benchmark, name, order, sizes, class_names, templates, text_features, level,
-              fingerprint, input_dims=None, null_image=None):
+              fingerprint, input_dims=None, null_image=None, skipped_images=()):
     """Attach the stream's :class:`StreamInfo` as ``benchmark.info`` (and its fields as
     plain attributes, for scripts that read ``benchmark.class_names``)."""
     starts = [sum(sizes[:k]) for k in range(len(sizes))]
@@ -222,7 +240,7 @@ def _annotate(benchmark, name, order, sizes, class_names, templates, text_featur
         class_names=tuple(class_names), templates=tuple(templates),
         classes_per_experience=tuple(tuple(range(s, s + n)) for s, n in zip(starts, sizes)),
         level=level, fingerprint=fingerprint, text_features=text_features,
-        input_dims=input_dims, null_image=null_image)
+        input_dims=input_dims, null_image=null_image, skipped_images=tuple(skipped_images))
     benchmark.info = info
     benchmark.dataset_name = info.dataset_name
     benchmark.class_order = list(info.class_order)

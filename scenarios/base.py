@@ -6,6 +6,7 @@ unless a transform (PIL -> tensor, e.g. a CLIP preprocessing) has been set with
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -15,10 +16,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from clap4cl.errors import DataNotFoundError
+from clap4cl.errors import BadImageError, DataNotFoundError
 
 
 @dataclass
@@ -122,20 +123,63 @@ class FileImageDataset(ImageDataset):
             raise ValueError(f"{len(self.paths)} files for {len(self.targets)} targets")
 
     def load_image(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as image:
-            return image.convert("RGB")
+        """The decoded RGB image, or :class:`BadImageError` naming the file and why."""
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow raises: the file is bad
+            raise BadImageError(path, bad_image_reason(path, exc)) from None
 
     def content_digest(self, root) -> str:
-        """A hash of the file paths relative to ``root``, their sizes and the labels.
+        """A hash of the file paths relative to ``root``, their sizes, modification times
+        and the labels.
 
-        File contents are not read (too slow for large folders); the root itself is
-        left out, so moving a dataset keeps its fingerprint.
+        File contents are not read (too slow for large folders; :meth:`bytes_digest` does);
+        the root itself is left out, so moving a dataset with its modification times
+        (``mv``, ``cp -p``, ``rsync -t``) keeps its fingerprint.
         """
         digest = hashlib.blake2b(digest_size=16)
         for path, target in zip(self.paths, self.targets):
             rel = os.path.relpath(path, root)
-            digest.update(f"{rel}\t{os.path.getsize(path)}\t{target}\n".encode())
+            stat = os.stat(path)
+            digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\t{target}\n".encode())
         return digest.hexdigest()
+
+    def bytes_digest(self) -> str:
+        """A hash of every file's bytes and label, in item order (reads every file)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for path, target in zip(self.paths, self.targets):
+            item = hashlib.blake2b(digest_size=16)
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    item.update(block)
+            digest.update(f"{item.hexdigest()}\t{target}\n".encode())
+        return digest.hexdigest()
+
+
+def bad_image_reason(path, exc: BaseException) -> str:
+    """Why Pillow could not decode ``path`` (which raised ``exc``), in words, with what to do."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return (f"{exc} Pillow refuses images this large (a decompression bomb); if the file is "
+                f"trusted, raise the limit in Python before the run: "
+                f"PIL.Image.MAX_IMAGE_PIXELS = <pixels> (None disables it)")
+    with contextlib.suppress(OSError):
+        if os.path.getsize(path) == 0:
+            return "the file is empty (0 bytes)"
+    if isinstance(exc, UnidentifiedImageError):
+        return "it is not an image file Pillow can read"
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"it is truncated or corrupt ({type(exc).__name__}: {exc})"
+
+
+def bad_image_settings() -> str:
+    """What, besides a file's content, decides whether it is skipped as a bad image
+    (the cache keys on it: raising the pixel limit re-extracts the skipped images)."""
+    return f"max_image_pixels={Image.MAX_IMAGE_PIXELS}"
 
 
 def make_fingerprint(name: str, *parts) -> str:

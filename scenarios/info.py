@@ -28,6 +28,8 @@ class StreamInfo:
             class text (``two_modality``), else None.
         null_image: the embedding standing for "no image" when the stream defines one
             (``synthetic``), else None.
+        skipped_images: the image files left out of the stream because they cannot be
+            decoded (``on_bad_image="skip"``).
     """
 
     dataset_name: str
@@ -40,6 +42,7 @@ class StreamInfo:
     text_features: Optional[Any] = None
     input_dims: Optional[Mapping[str, int]] = None
     null_image: Optional[Any] = None
+    skipped_images: Tuple[str, ...] = ()
 
     @property
     def n_classes(self) -> int:

@@ -12,7 +12,11 @@ Safety:
 - a truncated or corrupt file (wrong shape, bad checksum, unreadable) is detected,
   reported with a warning and rebuilt;
 - an exclusive file lock serialises extractions of the same entry across processes;
-  the second process then finds the finished entry and reuses it.
+  the second process then finds the finished entry and reuses it;
+- an image that cannot be decoded (``BadImageError`` from the dataset) does not stop
+  the extraction: its rows stay zero and the completion record lists it
+  (:meth:`FeatureCache.skipped`); with ``on_bad_image="error"`` it stops the extraction
+  with that error instead.
 
 Under ``torchrun`` the ranks share the encoding of an entry through shard files
 (:mod:`clap4cl.features.sharding`); the result is byte-identical to a single-process one.
@@ -24,20 +28,28 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm.auto import tqdm
 
 from clap4cl import distributed
+from clap4cl.errors import BadImageError
 from clap4cl.features.sharding import Shard, get_or_extract_sharded, record_key
 
 FORMAT_VERSION = 1
+# Seconds without change after which a dead process's temporary of another entry is removed.
+ORPHAN_AGE = 3600
+# ``<entry stem>[.shard<i>of<n>].tmp<pid>[.npy]``: the temporaries of data and records
+_TEMPORARY = re.compile(r"(?P<stem>[A-Za-z0-9_]+-[A-Za-z0-9_]+-[0-9a-f]{32})"
+                        r"(?P<shard>\.shard\d+of\d+)?\.tmp(?P<pid>\d+)(?:\.npy)?")
 TRAIN_VIEWS = ("original", "flip")
 TEST_VIEWS = ("original",)
 
@@ -99,22 +111,35 @@ class FeatureCache:
 
     # ---- reading -----------------------------------------------------------------
     def load(self, key: CacheKey, expected_rows: Optional[int] = None,
-             shard: Optional[Shard] = None) -> Optional[np.ndarray]:
+             shard: Optional[Shard] = None, *, discard: bool = False) -> Optional[np.ndarray]:
         """The cached (N, D) fp16 features as a read-only memory map, or None.
 
-        With ``shard``, the rows of that shard of the entry instead. A file that exists
-        but fails validation is removed with a warning.
+        With ``shard``, the rows of that shard of the entry instead. A file that is
+        incomplete or fails validation gives None; with ``discard`` (only for a caller
+        holding the entry's lock, see :meth:`locked`) it is also removed with a warning.
+        Without the lock it may be an entry another process is committing right now.
         """
         data, meta = self.data_path(key, shard), self.meta_path(key, shard)
         if not meta.is_file():
-            if data.exists():
+            if discard and data.exists():
                 self._discard(key, "it has no completion record (interrupted write)", shard)
             return None
         problem = self._validate(key, expected_rows, shard)
         if problem:
-            self._discard(key, problem, shard)
+            if discard:
+                self._discard(key, problem, shard)
             return None
         return np.load(data, mmap_mode="r")
+
+    def skipped(self, key: CacheKey, shard: Optional[Shard] = None) -> Dict[int, Tuple[str, str]]:
+        """The rows of a complete entry whose image could not be decoded:
+        {row: (file, reason)} (their features are zero)."""
+        try:
+            meta = json.loads(self.meta_path(key, shard).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {int(row): (str(path), str(reason))
+                for row, path, reason in meta.get("skipped", [])}
 
     def _validate(self, key: CacheKey, expected_rows: Optional[int],
                   shard: Optional[Shard] = None) -> Optional[str]:
@@ -140,33 +165,62 @@ class FeatureCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    # ---- temporaries ---------------------------------------------------------------
+    def remove_orphans(self, keys: Iterable[CacheKey] = ()) -> None:
+        """Remove the temporary files that killed writers left in ``features/``.
+
+        Call it holding the lock of ``keys``: their entries' temporaries are orphans
+        whatever process wrote them (every writer of an entry holds its lock; the shards
+        of torchrun ranks, written without it, excepted). Any other
+        temporary goes when its writer's process id is not alive on this host and the file
+        has not changed for ORPHAN_AGE seconds (a writer on another host of a shared
+        cache keeps its file changing).
+        """
+        folder = self.root / "features"
+        stems = {self.stem(k) for k in keys}
+        now = time.time()
+        for path in folder.glob("*.tmp*"):
+            match = _TEMPORARY.fullmatch(path.name)
+            if match is None:
+                continue
+            mine = match.group("stem") in stems and not match.group("shard")
+            with contextlib.suppress(OSError):
+                if mine or (not pid_alive(int(match.group("pid")))
+                            and now - path.stat().st_mtime > ORPHAN_AGE):
+                    path.unlink()
+
     # ---- writing -----------------------------------------------------------------
     def get_or_extract(self, backbone, dataset: Dataset, *, dataset_id: str, split: str,
                        views: Sequence[str] = TEST_VIEWS, batch_size: int = 128,
-                       num_workers: int = 0, progress: bool = True) -> Dict[str, np.ndarray]:
+                       num_workers: int = 0, progress: bool = True,
+                       on_bad_image: str = "skip") -> Dict[str, np.ndarray]:
         """Features of every image of ``dataset`` for each view, extracting what is missing.
 
         ``dataset`` yields ``(image tensor, label)`` already preprocessed with the
         backbone's test pipeline; the ``flip`` view is the horizontally flipped tensor.
         Under torchrun every rank must call this alike: the ranks share the encoding
         (see the module docstring) and all return the same features; progress is shown
-        on rank 0 only.
+        on rank 0 only. An image the dataset cannot decode (``BadImageError``) leaves
+        zero rows listed by :meth:`skipped`, or with ``on_bad_image="error"`` raises.
         """
         keys = {v: self.key(backbone, dataset_id, split, v) for v in views}
         label = f"{dataset_id} {split}"
         if distributed.is_distributed():
             return get_or_extract_sharded(self, backbone, dataset, keys, batch_size, num_workers,
-                                          progress and distributed.is_main(), label)
+                                          progress and distributed.is_main(), label,
+                                          on_bad_image=on_bad_image)
         found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
         if all(a is not None for a in found.values()):
             return found
         self.root.joinpath("features").mkdir(parents=True, exist_ok=True)
         with self.locked(keys.values()):
-            found = {v: self.load(k, len(dataset)) for v, k in keys.items()}
+            self.remove_orphans(keys.values())
+            found = {v: self.load(k, len(dataset), discard=True) for v, k in keys.items()}
             todo = [v for v, a in found.items() if a is None]
             if todo:
                 self.extract(backbone, dataset, {v: keys[v] for v in todo},
-                              batch_size, num_workers, progress, label)
+                              batch_size, num_workers, progress, label,
+                              on_bad_image=on_bad_image)
                 found.update({v: self.load(keys[v], len(dataset)) for v in todo})
         return found
 
@@ -175,34 +229,43 @@ class FeatureCache:
         return CacheKey(backbone.identity, dataset_id, split, view, repr(backbone.preprocess_test))
 
     def extract(self, backbone, dataset, keys: Dict[str, CacheKey], batch_size,
-                num_workers, progress, label, shard: Optional[Shard] = None) -> None:
+                num_workers, progress, label, shard: Optional[Shard] = None,
+                on_bad_image: str = "skip") -> None:
         """Encode ``dataset`` (only ``shard``'s rows when given) into the entries ``keys``."""
+        dataset = _Tolerant(dataset)
+        offset = 0
         if shard is not None:
             # shards start on a batch boundary: the loader yields the single-process batches
-            dataset = Subset(dataset, range(shard.start, shard.stop))
+            dataset, offset = Subset(dataset, range(shard.start, shard.stop)), shard.start
         n = len(dataset)
-        with self.new_entries(keys, n, backbone.embed_dim, shard) as arrays:
+        skipped: Dict[int, Tuple[str, str]] = {}
+        with self.new_entries(keys, n, backbone.embed_dim, shard, skipped) as arrays:
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                num_workers=num_workers)
-            start = 0
+                                num_workers=num_workers, collate_fn=_collate_decoded)
             bar = tqdm(total=n, desc=f"extract {label}", unit="img", disable=not progress,
                        leave=False)
-            for images, _ in loader:
-                stop = start + len(images)
-                for view, array in arrays.items():
-                    batch = torch.flip(images, dims=[-1]) if view == "flip" else images
-                    array[start:stop] = backbone.encode_images(batch).numpy().astype(np.float16)
-                self.extracted_images += len(images)
-                bar.update(len(images))
-                start = stop
+            for rows, images, bad in loader:
+                for row, path, reason in bad:
+                    if on_bad_image == "error":
+                        raise BadImageError(path, reason)
+                    skipped[row] = (path, reason)
+                if rows:
+                    at = np.asarray(rows) - offset
+                    for view, array in arrays.items():
+                        batch = torch.flip(images, dims=[-1]) if view == "flip" else images
+                        array[at] = backbone.encode_images(batch).numpy().astype(np.float16)
+                    self.extracted_images += len(rows)
+                bar.update(len(rows) + len(bad))
             bar.close()
 
     @contextlib.contextmanager
     def new_entries(self, keys: Dict[str, CacheKey], n: int, dim: int,
-                     shard: Optional[Shard] = None):
-        """Writable (n, dim) fp16 temporary memory maps, one per view of ``keys``.
+                     shard: Optional[Shard] = None,
+                     skipped: Optional[Dict[int, Tuple[str, str]]] = None):
+        """Writable (n, dim) fp16 temporary memory maps, one per view of ``keys``, zero-filled.
 
-        Committed when the block completes, removed if it raises.
+        Committed when the block completes, removed if it raises; the records list the
+        rows in ``skipped`` ({row: (file, reason)}, read when the block completes).
         """
         tmp_paths = {v: self.data_path(k, shard).with_suffix(f".tmp{os.getpid()}.npy")
                      for v, k in keys.items()}
@@ -212,7 +275,8 @@ class FeatureCache:
             yield arrays
             for view, array in arrays.items():
                 array.flush()
-                self._commit(keys[view], tmp_paths[view], (n, dim), _checksum(array), shard)
+                self._commit(keys[view], tmp_paths[view], (n, dim), _checksum(array), shard,
+                             skipped or {})
         finally:
             arrays.clear()
             for p in tmp_paths.values():
@@ -220,15 +284,53 @@ class FeatureCache:
                     p.unlink()
 
     def _commit(self, key: CacheKey, tmp: Path, shape, checksum: str,
-                shard: Optional[Shard] = None) -> None:
+                shard: Optional[Shard] = None, skipped=None) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.data_path(key, shard))
         record = {"key": record_key(key, shard), "shape": list(shape), "dtype": "float16",
-                  "checksum": checksum, "format": FORMAT_VERSION}
+                  "checksum": checksum, "format": FORMAT_VERSION,
+                  "skipped": [[row, *skipped[row]] for row in sorted(skipped or {})]}
         meta_tmp = self.meta_path(key, shard).with_suffix(f".tmp{os.getpid()}")
         meta_tmp.write_text(json.dumps(record, indent=1))
         os.replace(meta_tmp, self.meta_path(key, shard))
+
+
+class _Tolerant(Dataset):
+    """``dataset``'s items as ``(index, image, None)``, or ``(index, None, (file, reason))``
+    for an image it cannot decode (plain data: it crosses DataLoader worker processes)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return index, self.dataset[index][0], None
+        except BadImageError as exc:
+            return index, None, (exc.path, exc.reason)
+
+
+def _collate_decoded(items):
+    """(indices of the decoded images, their batch or None, [(index, file, reason)] of the rest)."""
+    good = [(i, image) for i, image, _ in items if image is not None]
+    images = default_collate([image for _, image in good]) if good else None
+    return [i for i, _ in good], images, [(i, *bad) for i, image, bad in items if image is None]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def _checksum(array: np.ndarray) -> str:

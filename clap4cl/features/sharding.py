@@ -58,12 +58,14 @@ def record_key(key, shard: Optional[Shard]) -> dict:
 
 
 def get_or_extract_sharded(cache, backbone, dataset, keys: Dict[str, object], batch_size,
-                           num_workers, progress, label) -> Dict[str, np.ndarray]:
+                           num_workers, progress, label,
+                           on_bad_image: str = "skip") -> Dict[str, np.ndarray]:
     """``FeatureCache.get_or_extract`` under torchrun: every rank calls it alike."""
     # No lock is held across a collective: a rank holding the entry lock while another
     # waits for it at the barrier would deadlock. Only rank 0's join takes it.
     n = len(dataset)
-    # rank 0 alone inspects (and may discard) the entries, so all ranks agree on the work
+    # rank 0 alone inspects the entries, so all ranks agree on the work (a damaged entry is
+    # discarded by the join, under the entry lock)
     todo = distributed.broadcast_object(
         [v for v, k in keys.items() if cache.load(k, n) is None] if distributed.is_main()
         else None)
@@ -72,7 +74,8 @@ def get_or_extract_sharded(cache, backbone, dataset, keys: Dict[str, object], ba
                   for r in range(distributed.world_size())]
         cache.root.joinpath("features").mkdir(parents=True, exist_ok=True)
         extract_shard(cache, backbone, dataset, {v: keys[v] for v in todo},
-                      shards[distributed.rank()], batch_size, num_workers, progress, label)
+                      shards[distributed.rank()], batch_size, num_workers, progress, label,
+                      on_bad_image)
         distributed.barrier()
         problem = None
         if distributed.is_main():
@@ -92,14 +95,17 @@ def get_or_extract_sharded(cache, backbone, dataset, keys: Dict[str, object], ba
 
 
 def extract_shard(cache, backbone, dataset, keys: Dict[str, object], shard: Shard,
-                  batch_size, num_workers, progress, label) -> None:
+                  batch_size, num_workers, progress, label, on_bad_image: str = "skip") -> None:
     """Encode ``shard``'s rows of the views whose shard file is not already complete."""
     if shard.rows == 0:  # more ranks than batches
         return
-    todo = {v: k for v, k in keys.items() if cache.load(k, shard.rows, shard) is None}
+    # this rank alone writes this shard file: it may discard a damaged one
+    todo = {v: k for v, k in keys.items()
+            if cache.load(k, shard.rows, shard, discard=True) is None}
     if todo:
         cache.extract(backbone, dataset, todo, batch_size, num_workers, progress,
-                      f"{label} (shard {shard.index + 1} of {shard.count})", shard)
+                      f"{label} (shard {shard.index + 1} of {shard.count})", shard,
+                      on_bad_image)
 
 
 def join_shards(cache, keys: Dict[str, object], n: int, shards: List[Shard]) -> None:
@@ -108,12 +114,16 @@ def join_shards(cache, keys: Dict[str, object], n: int, shards: List[Shard]) -> 
     Runs on rank 0 under the entry lock; an entry another process finished meanwhile
     is kept as it is.
     """
-    missing = {v: k for v, k in keys.items() if cache.load(k, n) is None}
+    missing = {v: k for v, k in keys.items() if cache.load(k, n, discard=True) is None}
     if missing:
         shards = [s for s in shards if s.rows]
         parts = {v: [_finished_shard(cache, k, s) for s in shards] for v, k in missing.items()}
         dim = next(iter(parts.values()))[0].shape[1]
-        with cache.new_entries(missing, n, dim) as arrays:
+        skipped = {}  # the views of a shard were encoded together: they skip alike
+        for key in missing.values():
+            for shard in shards:
+                skipped.update(cache.skipped(key, shard))
+        with cache.new_entries(missing, n, dim, skipped=skipped) as arrays:
             for view, array in arrays.items():
                 for shard, part in zip(shards, parts[view]):
                     array[shard.start:shard.stop] = part
@@ -126,7 +136,7 @@ def _finished_shard(cache, key, shard: Shard) -> np.ndarray:
     if not cache.meta_path(key, shard).is_file():
         raise UserError(f"feature cache shard {name} is missing after every rank finished "
                         f"encoding: {SHARED_DIR}")
-    part = cache.load(key, shard.rows, shard)
+    part = cache.load(key, shard.rows, shard, discard=True)
     if part is None:
         raise UserError(f"feature cache shard {name} was damaged after it was written "
                         f"(it has been removed): run the same command again")

@@ -19,6 +19,7 @@ from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES, TEXT_PASSES
 from clap4cl.runner.assemble import EVAL_CONTEXTS, METHODS
 from clap4cl.runner.checks import FLOAT_SPELLING, check_values
+from scenarios.choices import BAD_IMAGE_POLICIES, CACHE_VERIFY
 from scenarios.registry import available_datasets, normalise_name
 from strategies.choices import MEMORY_POLICIES, SELECTORS
 from clap4cl.runner.threads import validate_setting
@@ -50,6 +51,8 @@ CHOICES = {
     "method": METHODS,
     "backbone.precision": PRECISIONS,
     "dataset.name": tuple(available_datasets()),
+    "dataset.on_bad_image": BAD_IMAGE_POLICIES,
+    "cache.verify": CACHE_VERIFY,
     "eval.novelty_dataset": tuple(available_datasets()),  # or null
     "eval.context": EVAL_CONTEXTS,
     "eval.reliability_pairs": METRIC_PAIRS,

@@ -25,8 +25,9 @@ from clap4cl.runner.logs import (RunProgress, log_step_scalars, make_evaluator, 
                                  write_plots)
 from clap4cl.runner.results import Timer, plugin_name, summarise
 from clap4cl.runner.threads import phase_threads, run_heads_are_heavy, single_interop_thread
-from clap4cl.runner.rundir import (check_run_dir, record_changes, release_freed_memory, resume,
-                                   save_run_checkpoint, write_json_atomic, write_run_config)
+from clap4cl.runner.rundir import (check_run_dir, record_changes, release_freed_memory,
+                                   restore_results, resume, save_run_checkpoint,
+                                   write_json_atomic, write_run_config)
 
 
 def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] = None) -> Dict[str, Any]:
@@ -117,6 +118,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     bar.close()
     if not main:
         return {}
+    restore_results(output, results)
     write_plots(output, results, state["plot_data"], tensorboard)
     if tensorboard is not None:
         tensorboard.writer.flush()

@@ -99,8 +99,8 @@ def build_benchmark(config: Dict[str, Any], backbone, cache: FeatureCache, progr
             class_order=ds["class_order"], first_experience_classes=ds["first_experience_classes"],
             level="features", backbone=backbone, cache=cache, download=ds["download"],
             progress=progress, batch_size=config["cache"]["batch_size"],
-            num_workers=config["cache"]["num_workers"], templates=ds["templates"],
-            **ds["options"])
+            num_workers=config["cache"]["num_workers"], on_bad_image=ds["on_bad_image"],
+            cache_verify=config["cache"]["verify"], templates=ds["templates"], **ds["options"])
 
 
 def stream_text_features(config, benchmark, backbone, cache: FeatureCache):
@@ -157,5 +157,7 @@ def load_external_ood(config, backbone, cache: FeatureCache, progress: bool):
         external = scenarios.class_incremental(
             name, n_experiences=1, root=config["eval"]["novelty_root"], level="features",
             backbone=backbone, cache=cache, progress=progress,
-            batch_size=config["cache"]["batch_size"], num_workers=config["cache"]["num_workers"])
+            batch_size=config["cache"]["batch_size"], num_workers=config["cache"]["num_workers"],
+            on_bad_image=config["dataset"]["on_bad_image"],
+            cache_verify=config["cache"]["verify"])
     return external.test_stream[0].dataset.eval()

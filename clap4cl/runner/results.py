@@ -76,6 +76,7 @@ def summarise(config, benchmark, rows: List[List[float]], steps: List[Dict[str, 
         "novelty_external_dataset": config["eval"]["novelty_dataset"],
         "novelty_external_mean": novelty_summary(external),
         "plugins": [plugin_name(p) for p in config["plugins"]],
+        "skipped_images": len(getattr(benchmark.info, "skipped_images", ())),
         "reliability": [s.get("reliability") for s in steps] if any(s.get("reliability") for s in steps) else None,
         "timing": {k: round(v, 3) for k, v in timer.seconds.items()},
     }

@@ -183,6 +183,39 @@ def _set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def restore_results(output: Path, results: Dict[str, Any]) -> None:
+    """Rewrite ``output/results.json`` from ``results`` (the checkpoint's) when it is
+    missing, unreadable or older than them: a finished run that is run again leaves an
+    intact results.json behind."""
+    if not results:
+        return
+    path = output / "results.json"
+    try:
+        saved = json.loads(path.read_text())
+        intact = (isinstance(saved, dict) and saved.get("completed_experiences")
+                  == results.get("completed_experiences"))
+    except (OSError, ValueError):
+        intact = False
+    if not intact:
+        write_json_atomic(path, results)
+
+
+# ``checkpoint.pkl.tmp<pid>`` and ``results.tmp<pid>``: what write_json_atomic and the
+# checkpoint write before renaming
+_RUN_TEMPORARY = re.compile(r".+\.tmp(?P<pid>\d+)")
+
+
+def remove_orphan_temporaries(output: Path) -> None:
+    """Remove the temporary files that a killed run left in ``output`` (their writer's
+    process id is not alive; only one run writes a run directory at a time)."""
+    from clap4cl.features.cache import pid_alive
+
+    for path in output.glob("*.tmp*"):
+        match = _RUN_TEMPORARY.fullmatch(path.name)
+        if match and path.is_file() and not pid_alive(int(match.group("pid"))):
+            path.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2))
@@ -196,8 +229,11 @@ def resume(strategy, output: Path, timer: Timer, train_stream):
     """(strategy, first experience to train): the state of ``output/checkpoint.pkl`` put
     into the freshly built ``strategy`` if there is one (see ``runner.checkpoint``: plain
     data only, never unpickled code), else the strategy with an empty ``run_state``."""
+    from clap4cl import distributed
     from clap4cl.runner.checkpoint import load_checkpoint
 
+    if distributed.is_main():  # the writer of the run directory
+        remove_orphan_temporaries(output)
     path = output / CHECKPOINT
     if path.is_file():
         start, strategy.run_state = load_checkpoint(strategy, path, train_stream)

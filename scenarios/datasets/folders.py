@@ -134,7 +134,14 @@ def _read_class_names_file(root: Path, folders: Sequence[str]) -> Optional[List[
     path = root / CLASS_NAMES_FILE
     if not path.is_file():
         return None
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                        f"offset {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}: {exc.strerror})") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     keyed = dict(ln.split(None, 1) for ln in lines if len(ln.split(None, 1)) == 2)
     if all(f in keyed for f in folders):
         return [clean_class_name(keyed[f]) for f in folders]

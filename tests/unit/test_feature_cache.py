@@ -237,3 +237,94 @@ def test_two_processes_extracting_the_same_entry(tmp_path):
     for view in TRAIN_VIEWS:
         key = cache.key(load_clip("tiny-vit"), "toy", "train", view)
         assert cache.load(key, 24) is not None
+
+
+def test_reader_in_the_commit_gap_keeps_the_writers_entry(tiny_backbone, data, cache_root,
+                                                          monkeypatch):
+    """A reader that starts after the writer renamed the data into place but before the
+    record is written must not delete the data: it waits for the lock and reuses the entry."""
+    import threading
+    import time
+
+    from clap4cl.features import cache as cache_module
+
+    writer, reader = FeatureCache(cache_root), FeatureCache(cache_root)
+    results, real_replace = {}, os.replace
+
+    def read():
+        results["reader"] = extract(reader, tiny_backbone, data)
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith(".npy") and "thread" not in results:
+            results["gap_load"] = reader.load(writer.key(tiny_backbone, "toy", "test", "original"), N)
+            results["thread"] = threading.Thread(target=read)
+            results["thread"].start()
+            time.sleep(0.5)  # the reader runs its unlocked check, then waits for the lock
+            results["data_after_gap"] = os.path.exists(dst)
+
+    monkeypatch.setattr(cache_module.os, "replace", replace)
+    written = extract(writer, tiny_backbone, data)
+    results["thread"].join(60)
+    assert results["gap_load"] is None          # incomplete to the reader ...
+    assert results["data_after_gap"]            # ... but not deleted by it
+    assert reader.extracted_images == 0         # the reader reused the committed entry
+    np.testing.assert_array_equal(results["reader"]["original"], written["original"])
+    key = writer.key(tiny_backbone, "toy", "test", "original")
+    assert FeatureCache(cache_root).load(key, N) is not None
+
+
+def test_unlocked_reader_never_deletes_an_invalid_entry(tiny_backbone, data, cache_root):
+    cache = FeatureCache(cache_root)
+    extract(cache, tiny_backbone, data)
+    key = cache.key(tiny_backbone, "toy", "test", "original")
+    cache.meta_path(key).unlink()
+    assert cache.load(key, N) is None and cache.data_path(key).exists()
+    with pytest.warns(RuntimeWarning, match="no completion record"):
+        assert cache.load(key, N, discard=True) is None
+    assert not cache.data_path(key).exists()
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temporaries_of_killed_writers_are_removed_on_the_next_extraction(
+        tiny_backbone, data, cache_root):
+    from clap4cl.features import cache as cache_module
+
+    cache = FeatureCache(cache_root)
+    key = cache.key(tiny_backbone, "toy", "test", "original")
+    other = cache.key(tiny_backbone, "other", "train", "flip")
+    features = cache_root / "features"
+    features.mkdir()
+    dead, alive = dead_pid(), os.getpid()
+    old = 2 * cache_module.ORPHAN_AGE
+    stale = {  # name -> (content, seconds ago); all should go
+        cache.data_path(key).with_suffix(f".tmp{alive}.npy").name: 0,   # this entry: any pid
+        cache.meta_path(key).with_suffix(f".tmp{dead}").name: 0,
+        cache.data_path(other).with_suffix(f".tmp{dead}.npy").name: old,  # dead and old
+    }
+    kept = {
+        cache.data_path(other).with_suffix(f".tmp{alive}.npy").name: old,  # its writer lives
+        cache.data_path(other).with_suffix(f".tmp{dead}.npy").name.replace(
+            f".tmp{dead}", f".tmp{dead + 1000000}"): 0,                     # recent: maybe remote
+        cache.data_path(key).name.replace(".npy", ".shard0of2.tmp1.npy"): 0,  # a rank's shard
+    }
+    now = time_now()
+    for name, age in {**stale, **kept}.items():
+        (features / name).write_bytes(b"\0" * 4096)
+        os.utime(features / name, (now - age, now - age))
+    extract(cache, tiny_backbone, data)
+    names = {p.name for p in features.iterdir()}
+    assert not names & set(stale)
+    assert set(kept) <= names
+    assert cache.load(key, N) is not None
+
+
+def time_now():
+    import time
+
+    return time.time()

@@ -134,6 +134,10 @@ def test_choices_are_the_implementations_registries():
     assert CHOICES["memory.selector"] == tuple(SELECTORS)
     assert CHOICES["dataset.name"] == tuple(available_datasets())
     assert LIST_CHOICES["plugins"] == tuple(PLUGINS)
+    from scenarios.choices import BAD_IMAGE_POLICIES, CACHE_VERIFY
+
+    assert CHOICES["dataset.on_bad_image"] is BAD_IMAGE_POLICIES
+    assert CHOICES["cache.verify"] is CACHE_VERIFY
 
 
 @pytest.mark.parametrize("key", sorted(CHOICES))
