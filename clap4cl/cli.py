@@ -184,7 +184,7 @@ def _extract(args) -> int:
     from clap4cl import distributed
     from clap4cl.paths import default_cache_dir
     from clap4cl.features.cache import FeatureCache
-    from clap4cl.runner.experiment import run_seed
+    from clap4cl.runner.torchrun import run_seed
     from clap4cl.runner.inputs import (build_benchmark, check_cache_dir, check_device, load_backbone,
                                        stream_text_features)
     from clap4cl.runner.threads import phase_threads

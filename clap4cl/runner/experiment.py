@@ -2,7 +2,8 @@
 
 The loop only: inputs (``runner.inputs``), the strategy (``runner.assemble``), evaluation
 (``runner.evaluate``), results.json (``runner.results``), the run directory and resume
-(``runner.rundir``) and logs (``runner.logs``) each live in their own module.
+(``runner.rundir``, ``runner.checkpoint``), logs (``runner.logs``), threads
+(``runner.threads``) and torchrun rules (``runner.torchrun``) each live in their own module.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Any, Dict, Optional
 from avalanche.training.determinism.rng_manager import RNGManager
 
 from clap4cl import distributed
-from clap4cl.errors import UserError
 from clap4cl.features.cache import FeatureCache
 from clap4cl.paths import default_cache_dir
 from clap4cl.runner.assemble import build_strategy
@@ -25,6 +25,7 @@ from clap4cl.runner.logs import (RunProgress, log_step_scalars, make_evaluator, 
                                  write_plots)
 from clap4cl.runner.results import Timer, plugin_name, summarise
 from clap4cl.runner.threads import phase_threads, run_heads_are_heavy, single_interop_thread
+from clap4cl.runner.torchrun import run_seed, start_distributed
 from clap4cl.runner.rundir import (check_run_dir, record_changes, release_freed_memory,
                                    restore_results, resume, save_run_checkpoint,
                                    write_json_atomic, write_run_config)
@@ -35,9 +36,9 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
 
     Returns the ``results.json`` document. After every experience the run directory gets
     ``results.json`` and a checkpoint (model, memory, plugin, RNG and clock states and the
-    results so far, as plain data: ``runner.checkpoint``); running again on the same directory with the same config resumes
-    after the last finished experience and ends with the same results as an
-    uninterrupted run.
+    results so far, as plain data: ``runner.checkpoint``); running again on the same
+    directory with the same config resumes after the last finished experience and ends
+    with the same results as an uninterrupted run.
 
     Under ``torchrun`` every rank calls this: extraction is sharded over the ranks,
     training is data-parallel (``strategies.ReplayTemplate``), and rank 0 alone evaluates
@@ -127,30 +128,6 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         results = add_baseline(config, output, results, progress)
         write_json_atomic(output / "results.json", results)
     return results
-
-
-def run_seed(config) -> int:
-    """The run's seed: ``seed``, or the run index when it is null."""
-    return config["run"] if config["seed"] is None else config["seed"]
-
-
-def start_distributed(config, seed: int) -> None:
-    """Join torchrun's process group if launched by it, refusing what DDP cannot run:
-    the regularising plugins (per-rank state and extra forward passes that DDP does not
-    synchronise) and ``multi_encoder`` (trained by Avalanche's Naive, not data-parallel)."""
-    if not distributed.init_from_env(seed, config["backbone"]["device"]):
-        return
-    if config["plugins"]:
-        raise UserError(f"plugins {[plugin_name(p) for p in config['plugins']]} are not "
-                        f"supported in data-parallel runs: run them without torchrun")
-    if config["method"] == "multi_encoder":
-        raise UserError("method multi_encoder does not train data-parallel: run it without torchrun")
-    section = {"clap": "clap", "clap_deterministic": "clap",
-               "clap_coop": "clap"}.get(config["method"], config["method"])
-    batch = config.get(section, {}).get("batch_size")
-    if batch is not None and batch % distributed.world_size():
-        raise UserError(f"{section}.batch_size {batch} is the global batch: it must be divisible "
-                        f"by the {distributed.world_size()} processes (nodes x processes per node)")
 
 
 def add_baseline(config, output: Path, results: Dict[str, Any], progress: bool) -> Dict[str, Any]:

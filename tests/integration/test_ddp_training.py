@@ -115,7 +115,7 @@ def test_a_global_batch_must_split_evenly_over_the_ranks(monkeypatch):
 ])
 def test_a_distributed_run_refuses_what_it_cannot_split(monkeypatch, override, message):
     from clap4cl.errors import UserError
-    from clap4cl.runner.experiment import start_distributed
+    from clap4cl.runner.torchrun import start_distributed
 
     monkeypatch.setattr(distributed, "init_from_env", lambda seed, device: True)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
