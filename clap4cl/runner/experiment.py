@@ -58,8 +58,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     timer = Timer()
     cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
     threads = config["threads"]
-    if threads == "auto":
-        single_interop_thread()
+    single_interop_thread(threads)
     with timer.phase("extract"), phase_threads("extract", threads):
         backbone = load_backbone(config)
         benchmark = build_benchmark(config, backbone, cache, progress)

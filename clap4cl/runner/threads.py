@@ -94,11 +94,12 @@ def phase_threads(phase: str, setting: Union[str, int], *, heavy: bool = False) 
             torch.set_num_threads(before)
 
 
-def single_interop_thread() -> None:
-    """One inter-op thread, unless the user set it or torch already started its pool."""
+def single_interop_thread(setting: Union[str, int] = "auto") -> None:
+    """Under ``auto``: one inter-op thread, unless the user set it or torch already started
+    its pool."""
     import torch
 
-    if os.environ.get("OMP_NUM_THREADS"):
+    if setting != "auto" or os.environ.get("OMP_NUM_THREADS"):
         return
     try:
         torch.set_num_interop_threads(1)
