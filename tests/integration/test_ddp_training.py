@@ -60,8 +60,13 @@ STEP_SCRIPT = textwrap.dedent("""
 """)
 
 
+UNIT_TESTS = Path(__file__).resolve().parents[1] / "unit"
+
+
 def step_inputs():
     """A grown CLAP model without dropout and one global batch of 8 features."""
+    if str(UNIT_TESTS) not in sys.path:      # the torchrun ranks run outside pytest
+        sys.path.insert(0, str(UNIT_TESTS))
     from test_clap_model import grown_model
 
     model = grown_model(vga_dropout=0.0).train()
