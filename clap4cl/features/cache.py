@@ -232,6 +232,7 @@ class FeatureCache:
                 num_workers, progress, label, shard: Optional[Shard] = None,
                 on_bad_image: str = "skip") -> None:
         """Encode ``dataset`` (only ``shard``'s rows when given) into the entries ``keys``."""
+        dataset, finish = _split_tensor_steps(dataset)
         dataset = _Tolerant(dataset)
         offset = 0
         if shard is not None:
@@ -250,7 +251,8 @@ class FeatureCache:
                         raise BadImageError(path, reason)
                     skipped[row] = (path, reason)
                 if rows:
-                    at = np.asarray(rows) - offset
+                    images = finish(images)
+                    at = _rows(rows, offset)
                     for view, array in arrays.items():
                         batch = torch.flip(images, dims=[-1]) if view == "flip" else images
                         array[at] = backbone.encode_images(batch).numpy().astype(np.float16)
@@ -313,9 +315,75 @@ class _Tolerant(Dataset):
             return index, None, (exc.path, exc.reason)
 
 
+def _split_tensor_steps(dataset):
+    """``(dataset, finish)``: the per-image transform of ``dataset`` without its trailing
+    tensor conversion and normalisation, which ``finish`` applies to a whole batch.
+
+    Applies when ``dataset`` has a ``transform`` that is a ``Compose`` ending in
+    ``ToTensor`` (or open_clip's ``MaybeToTensor``) and ``Normalize``, and a
+    ``with_transform`` (the image datasets of ``scenarios``); otherwise ``dataset`` is
+    returned unchanged with an identity ``finish``. Both steps are element-wise, so the
+    batch gets exactly the values the per-image steps give (a float division by 255, a
+    subtraction and a division per channel); on small images they cost more per call
+    than the decoding itself.
+    """
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    steps = getattr(getattr(dataset, "transform", None), "transforms", None)
+    if (not hasattr(dataset, "with_transform") or not isinstance(steps, list) or len(steps) < 2
+            or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize)):
+        return dataset, _identity
+    head = Compose(list(steps[:-2]) + [_ToByteTensor(steps[-2])])
+    return dataset.with_transform(head), _BatchTail(steps[-1])
+
+
+def _identity(images):
+    return images
+
+
+class _ToByteTensor:
+    """``to_tensor`` stopping before the float conversion: an RGB or grayscale PIL image
+    becomes its uint8 (C, H, W) tensor; anything else goes through ``to_tensor``."""
+
+    def __init__(self, to_tensor):
+        self.to_tensor = to_tensor
+
+    def __call__(self, pic):
+        from PIL import Image
+
+        if isinstance(pic, Image.Image) and pic.mode in ("RGB", "L"):
+            array = np.asarray(pic, dtype=np.uint8)
+            array = array[:, :, None] if array.ndim == 2 else array
+            return torch.from_numpy(array.transpose(2, 0, 1).copy())
+        return self.to_tensor(pic)
+
+
+class _BatchTail:
+    """The float conversion of ``to_tensor`` and ``normalize`` on a collated batch."""
+
+    def __init__(self, normalize):
+        self.normalize = normalize
+
+    def __call__(self, images):
+        if images.dtype == torch.uint8:
+            images = images.to(dtype=torch.get_default_dtype()).div(255)
+        return self.normalize(images)
+
+
+def _rows(rows, offset):
+    """The memory-map index of a batch's rows: a slice when they are consecutive."""
+    first, last = rows[0] - offset, rows[-1] - offset
+    if last - first + 1 == len(rows):
+        return slice(first, last + 1)
+    return np.asarray(rows) - offset
+
+
 def _collate_decoded(items):
     """(indices of the decoded images, their batch or None, [(index, file, reason)] of the rest)."""
     good = [(i, image) for i, image, _ in items if image is not None]
+    if len({image.dtype for _, image in good}) > 1:  # uint8 next to float: the float values
+        good = [(i, image.to(dtype=torch.get_default_dtype()).div(255)
+                 if image.dtype == torch.uint8 else image) for i, image in good]
     images = default_collate([image for _, image in good]) if good else None
     return [i for i, _ in good], images, [(i, *bad) for i, image, bad in items if image is None]
 

@@ -1,32 +1,34 @@
 """The clap4cl command line: the default run, its contracts and bad input."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from clap4cl.cli import main
 
 
-def run_cli(*args, cwd=None, env_cache=None):
-    env = dict(os.environ)
-    if env_cache is not None:
-        env["CLAP4CL_CACHE"] = str(env_cache)
-    return subprocess.run([sys.executable, "-m", "clap4cl.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
+def run_cli(*args, cwd, env_cache, capsys=None):
+    """``clap4cl <args>`` in this process from ``cwd`` with ``CLAP4CL_CACHE=env_cache``:
+    (exit code, stderr) (stderr only when ``capsys`` is given)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        mp.setenv("CLAP4CL_CACHE", str(env_cache))
+        if capsys is not None:
+            capsys.readouterr()
+        code = main(list(args))
+    return code, capsys.readouterr().err if capsys is not None else ""
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    proc = run_cli("run", "--quiet", "--output", str(root / "run"), cwd=root, env_cache=root / "cache")
-    return proc, root
+    code, _ = run_cli("run", "--quiet", "--output", str(root / "run"), cwd=root,
+                      env_cache=root / "cache")
+    return code, root
 
 
 def test_default_run_writes_the_contract(default_run):
-    proc, root = default_run
-    assert proc.returncode == 0, proc.stderr
+    code, root = default_run
+    assert code == 0
     results = json.loads((root / "run" / "results.json").read_text())
     assert results["method"] == "clap" and results["dataset"] == "digits"
     assert results["eval_context"] == "per_image"
@@ -75,9 +77,9 @@ def test_rerun_with_warm_cache_does_not_extract(default_run, tmp_path):
     files = sorted((root / "cache" / "features").glob("*.npy"))
     assert len(files) == 3  # train original + train flip + test original
     stamps = [f.stat().st_mtime_ns for f in files]
-    proc = run_cli("run", "--quiet", "--output", str(tmp_path / "again"), cwd=root,
-                   env_cache=root / "cache")
-    assert proc.returncode == 0, proc.stderr
+    code, _ = run_cli("run", "--quiet", "--output", str(tmp_path / "again"), cwd=root,
+                      env_cache=root / "cache")
+    assert code == 0
     assert sorted((root / "cache" / "features").glob("*.npy")) == files
     assert [f.stat().st_mtime_ns for f in files] == stamps
     first = json.loads((root / "run" / "results.json").read_text())
@@ -85,12 +87,12 @@ def test_rerun_with_warm_cache_does_not_extract(default_run, tmp_path):
     assert first["accuracy_matrix"] == second["accuracy_matrix"]
 
 
-def test_foreign_run_directory_is_refused(default_run):
+def test_foreign_run_directory_is_refused(default_run, capsys):
     _, root = default_run
-    proc = run_cli("run", "--quiet", "--set", "run=1", "--output", str(root / "run"), cwd=root,
-                   env_cache=root / "cache")
-    assert proc.returncode == 2
-    assert "different config" in proc.stderr and "Traceback" not in proc.stderr
+    code, err = run_cli("run", "--quiet", "--set", "run=1", "--output", str(root / "run"),
+                        cwd=root, env_cache=root / "cache", capsys=capsys)
+    assert code == 2
+    assert "different config" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -134,6 +136,7 @@ def test_seeds_run_into_subdirectories_with_an_aggregate_table(tmp_path, capsys)
     out = tmp_path / "sweep"
     code = main(["run", "--quiet", "--output", str(out), "--seeds", "0", "1",
                  "--set", "dataset.name=synthetic", "--set", "dataset.n_experiences=2",
+                 "--set", "dataset.options={n_classes: 6, train_per_class: 20, test_per_class: 10}",
                  "--set", "logging.tensorboard=false"])
     assert code == 0
     orders = [json.loads((out / f"run{k}" / "results.json").read_text())["class_order"] for k in (0, 1)]
@@ -144,7 +147,7 @@ def test_seeds_run_into_subdirectories_with_an_aggregate_table(tmp_path, capsys)
 
 
 def test_same_config_gives_identical_results(tmp_path):
-    args = ["run", "--quiet", "--set", "dataset.name=synthetic", "--set", "logging.tensorboard=false"]
+    args = ["run", "--quiet", "--set", "clap.epochs=1", *SYNTHETIC_SMALL]
     assert main([*args, "--output", str(tmp_path / "a")]) == 0
     assert main([*args, "--output", str(tmp_path / "b")]) == 0
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")

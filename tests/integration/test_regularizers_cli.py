@@ -1,10 +1,9 @@
 """The regularisers through `clap4cl run`: config, results.json's before/after, errors."""
 import json
-import subprocess
-import sys
 
 import pytest
 
+from clap4cl.cli import main
 from clap4cl.runner.config import default_config_path, load_config
 from clap4cl.runner.experiment import run_experiment
 
@@ -77,8 +76,8 @@ def test_regularised_run_interrupted_after_one_experience_resumes_to_the_same_re
     ("plugins=[{name: cml, pairs: some}]", "pairs must be one of"),
     ("method=multi_encoder", "cannot run on dataset 'digits'"),
 ])
-def test_bad_plugin_settings_exit_2_with_one_line(setting, message, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "clap4cl.cli", "run", "--set", setting,
-                           "--output", str(tmp_path / "out")], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+def test_bad_plugin_settings_exit_2_with_one_line(setting, message, tmp_path, capsys):
+    code = main(["run", "--set", setting, "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1

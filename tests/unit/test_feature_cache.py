@@ -328,3 +328,58 @@ def time_now():
     import time
 
     return time.time()
+
+
+def _reference_features(backbone, dataset, views, batch_size):
+    """The features a plain loop gives: the full per-image transform, batches of
+    ``batch_size``, each view encoded on its own, fp16."""
+    out = {v: [] for v in views}
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size,
+                                                                      len(dataset)))])
+        for view in views:
+            batch = torch.flip(images, dims=[-1]) if view == "flip" else images
+            out[view].append(backbone.encode_images(batch).numpy().astype(np.float16))
+    return {v: np.concatenate(parts) for v, parts in out.items()}
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_batched_preprocessing_gives_the_per_image_pipelines_features(
+        tiny_backbone, cache_root, num_workers, count_encodes):
+    from scenarios.base import ArrayImageDataset
+
+    rng = np.random.default_rng(3)
+    # RGB images of a shape that needs resizing and cropping, grayscale ones, and a
+    # batch size that leaves a short last batch
+    datasets = {"rgb": ArrayImageDataset(rng.integers(0, 256, (23, 30, 41, 3), dtype=np.uint8),
+                                         [0] * 23),
+                "gray": ArrayImageDataset(rng.integers(0, 256, (9, 28, 28), dtype=np.uint8),
+                                          [1] * 9)}
+    cache = FeatureCache(cache_root)
+    for name, images in datasets.items():
+        dataset = images.with_transform(tiny_backbone.preprocess_test)
+        expected = _reference_features(tiny_backbone, dataset, TRAIN_VIEWS, batch_size=8)
+        calls = count_encodes(tiny_backbone)
+        found = cache.get_or_extract(tiny_backbone, dataset, dataset_id=name, split="train",
+                                     views=TRAIN_VIEWS, batch_size=8, num_workers=num_workers,
+                                     progress=False)
+        assert calls == [8, 8] * (len(dataset) // 8) + [len(dataset) % 8] * 2
+        for view in TRAIN_VIEWS:
+            assert found[view].dtype == np.float16
+            np.testing.assert_array_equal(np.asarray(found[view]), expected[view])
+
+
+def test_a_transform_without_the_tensor_steps_is_applied_per_image(tiny_backbone, cache_root):
+    from scenarios.base import ArrayImageDataset
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(4)
+    images = ArrayImageDataset(rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), [0] * 10)
+    # ends in Normalize but not after a ToTensor: nothing may be split off
+    transform = T.Compose([T.PILToTensor(), T.ConvertImageDtype(torch.float32),
+                           T.Normalize((0.5,) * 3, (0.25,) * 3)])
+    dataset = images.with_transform(transform)
+    expected = _reference_features(tiny_backbone, dataset, ("original",), batch_size=4)
+    found = FeatureCache(cache_root).get_or_extract(tiny_backbone, dataset, dataset_id="pil",
+                                                    split="test", batch_size=4, progress=False)
+    np.testing.assert_array_equal(np.asarray(found["original"]), expected["original"])
