@@ -23,12 +23,13 @@ from clap4cl.runner.inputs import (SYNTHETIC_LOGIT_SCALE, build_benchmark, check
                                    load_external_ood, null_image_embedding, stream_text_features)
 from clap4cl.runner.logs import (RunProgress, log_step_scalars, make_evaluator, tensorboard_logger,
                                  write_plots)
-from clap4cl.runner.results import Timer, plugin_name, summarise
+from clap4cl.runner.results import Timer, summarise
 from clap4cl.runner.threads import phase_threads, run_heads_are_heavy, single_interop_thread
 from clap4cl.runner.torchrun import run_seed, start_distributed
 from clap4cl.runner.rundir import (check_run_dir, record_changes, release_freed_memory,
                                    restore_results, resume, save_run_checkpoint,
                                    write_json_atomic, write_run_config)
+from strategies.plugins.registry import plugin_name
 
 
 def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] = None) -> Dict[str, Any]:
