@@ -11,6 +11,9 @@
 All are accumulated over the whole evaluated experience or stream, never averaged
 over batches. Pairs are batch-wide subsets (``leave_one_out`` or ``all_nested``), so
 they apply to models with batch-wide masks too.
+
+One file: the plugin metrics are thin Avalanche wrappers of the functions above them,
+imported from here by users (docs/multimodal-plugins.md).
 """
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 ``clap4cl/runner/defaults.yaml`` lists every key with its default and a comment. A user
 config and ``--set key=value`` overrides are merged on top; unknown keys, wrong types
 and invalid choices raise :class:`~clap4cl.errors.ConfigError` with one line.
+
+One file: merging, ``--set`` and the type checks all walk the same defaults tree; value
+checks that need no tree live in ``runner.checks``.
 """
 from __future__ import annotations
 
