@@ -31,7 +31,6 @@ from clap4cl.models.modality_subsets import Subset, all_nonempty, full, policy_p
 from clap4cl.models.multimodal import as_multimodal, step_features
 
 
-
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     if logits.dim() == 3:
         return torch.logsumexp(torch.log_softmax(logits, -1), 0) - np.log(logits.shape[0])
