@@ -64,9 +64,9 @@ RESUMABLE_KEYS = ("clap.lr", "clap.finetune_lr_factor", "clap.epochs", "clap.fin
 
 def check_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Refuse a run directory this config cannot run in, writing nothing: not writable,
-    or holding a run with a different config. Returns the
-    allowed changes of a resumed run (``RESUMABLE_KEYS`` whose value differs from the
-    run's, as ``{"key", "from", "to"}``), to be recorded once it resumes."""
+    or holding a run with a different config. Returns the allowed changes of a resumed
+    run (``RESUMABLE_KEYS`` whose value differs from the run's, as ``{"key", "from",
+    "to"}``), to be recorded once it resumes."""
     checked_names(config)
     check_writable_dir(output, "--output")
     saved = output / "config.yaml"
