@@ -182,18 +182,17 @@ def _extract(args) -> int:
     """Fill the cache; under torchrun the ranks share the image encoding, rank 0 reports."""
     config = _load(args)  # before the heavy imports: a config error stays fast
     from clap4cl import distributed
-    from clap4cl.paths import default_cache_dir
     from clap4cl.features.cache import FeatureCache
-    from clap4cl.runner.torchrun import run_seed
-    from clap4cl.runner.inputs import (build_benchmark, check_cache_dir, check_device, load_backbone,
-                                       stream_text_features)
+    from clap4cl.runner.inputs import (build_benchmark, cache_dir, check_cache_dir, check_device,
+                                       load_backbone, stream_text_features)
     from clap4cl.runner.threads import phase_threads
+    from clap4cl.runner.torchrun import run_seed
 
     check_device(config)
     check_cache_dir(config)
     distributed.init_from_env(run_seed(config), config["backbone"]["device"])
     main = distributed.is_main()
-    cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
+    cache = FeatureCache(cache_dir(config))
     with phase_threads("extract", config["threads"]):
         backbone = load_backbone(config)
         benchmark = build_benchmark(config, backbone, cache,

@@ -12,7 +12,7 @@ from clap4cl.errors import UserError
 
 from scenarios.class_order import classes_per_experience, default_class_order, validate_class_order
 from scenarios.registry import (DATASETS, FEATURE_DATASETS, available_datasets, canonical_name,
-                       get_dataset_splits, get_feature_dataset)
+                                get_dataset_splits, get_feature_dataset)
 from scenarios.info import StreamInfo
 
 if TYPE_CHECKING:

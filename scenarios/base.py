@@ -188,12 +188,6 @@ def make_fingerprint(name: str, *parts) -> str:
     return f"{name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
-def default_data_dir() -> Path:
-    """Default home of downloadable datasets: ``$CLAP4CL_DATA`` or ``~/.cache/clap4cl/data``."""
-    env = os.environ.get("CLAP4CL_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "clap4cl" / "data"
-
-
 def require_root(root, dataset: str, expected: str) -> Path:
     """``root`` as a Path, or DataNotFoundError when it is unset, missing or empty.
 

@@ -21,8 +21,8 @@ from torchvision import transforms as T
 
 from clap4cl.errors import UserError
 from clap4cl.encoders.choices import PRECISIONS
-from clap4cl.encoders.weights import (PACKAGED_WEIGHTS, ensure_tag_available, file_sha256,  # noqa: F401
-                                     load_partial_state, resolve_weights)
+from clap4cl.encoders.weights import (PACKAGED_WEIGHTS, ensure_tag_available, load_partial_state,
+                                     resolve_weights)
 
 TINY_CONFIG_DIR = Path(__file__).with_name("model_configs")
 TINY_ARCHITECTURES = tuple(sorted(p.stem for p in TINY_CONFIG_DIR.glob("*.json")))

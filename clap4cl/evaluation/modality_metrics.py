@@ -11,6 +11,9 @@
 All are accumulated over the whole evaluated experience or stream, never averaged
 over batches. Pairs are batch-wide subsets (``leave_one_out`` or ``all_nested``), so
 they apply to models with batch-wide masks too.
+
+One file: the plugin metrics are thin Avalanche wrappers of the functions above them,
+imported from here by users (docs/multimodal-plugins.md).
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ from clap4cl.evaluation.attribution import attribution_shares, target_ratio
 from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.modality_subsets import Subset, all_nonempty, full, policy_pairs, subset_name
 from clap4cl.models.multimodal import as_multimodal, step_features
-
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ from successive ``strategy.eval`` calls.
     evaluator = EvaluationPlugin(*calibration_plugin_metrics(), *continual_metrics(), loggers=[...])
 
 They are for training loops of your own and apply the functions of
-:mod:`clap4cl.evaluation.metrics` to ``strategy.mb_output``. They describe the model on
+:mod:`clap4cl.evaluation.metrics` to the seen-class part of ``strategy.mb_output``
+(:func:`~clap4cl.models.masking.seen_class_logits`). They describe the model on
 the experiences it has trained on: when the whole test stream is evaluated
 (``strategy.eval(bench.test_stream)``), the experiences after the last trained one are
 left out (Avalanche's own accuracy metrics score them, at 0). ``clap4cl run`` does not use
@@ -29,6 +30,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import stream_type
 
 from clap4cl.evaluation import metrics
+from clap4cl.models.masking import seen_class_logits
 
 
 def is_future_experience(strategy) -> bool:
@@ -72,7 +74,8 @@ class LogitsPluginMetric(GenericPluginMetric[float, LogitsAccumulator]):
 
     def update(self, strategy) -> None:
         if not is_future_experience(strategy):
-            self._metric.update(strategy.mb_output, strategy.mb_y)
+            self._metric.update(seen_class_logits(strategy.model, strategy.mb_output),
+                                strategy.mb_y)
 
     def _package_result(self, strategy):
         # nothing to emit for an experience (or stream) without seen data

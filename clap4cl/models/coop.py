@@ -22,13 +22,16 @@ from torch import nn
 from clap4cl import distributed
 from clap4cl.encoders.text_features import ClassTextFeatures
 from clap4cl.models.clap import SIGMA_FLOOR, SIGMA_SCALE, ClapModel
-from clap4cl.models.masking import MaskedLogitsMixin, learns_classes_from, pad_unseen
+from clap4cl.models.masking import (MaskedLogitsMixin, learns_classes_from, new_classes,
+                                    pad_unseen)
 from clap4cl.models.prompt_learner import PromptLearner
 
 
-
-def _new_classes(experience, seen: int) -> List[int]:
-    return sorted({int(c) for c in experience.classes_in_this_experience} - set(range(seen)))
+def _grow_contexts(prompts: PromptLearner, state_dict) -> None:
+    """Add contexts to ``prompts`` until it has as many as the checkpoint ``state_dict``."""
+    n = state_dict.get("_extra_state", {}).get("n_contexts", 1)
+    while prompts.n_contexts < n:
+        prompts.add_context()
 
 
 class CoOpModel(MaskedLogitsMixin, DynamicModule):
@@ -57,7 +60,7 @@ class CoOpModel(MaskedLogitsMixin, DynamicModule):
         """Extend the label space; with expandable prompts add a context per new task."""
         if not learns_classes_from(self, experience):
             return
-        new = _new_classes(experience, self.n_seen_classes)
+        new = new_classes(experience, self.n_seen_classes)
         if not new:
             return
         if self.n_tasks and self.prompts.expandable:
@@ -96,9 +99,7 @@ class CoOpModel(MaskedLogitsMixin, DynamicModule):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Grow the contexts to the checkpoint's, then load it."""
-        n = state_dict.get("_extra_state", {}).get("n_contexts", 1)
-        while self.prompts.n_contexts < n:
-            self.prompts.add_context()
+        _grow_contexts(self.prompts, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
@@ -185,7 +186,7 @@ class ClapCoopModel(ClapModel):
         self.heads = LayerNormTaskHeads(text.dim, variational, layernorm=head_layernorm)
 
     def adaptation(self, experience) -> None:
-        if learns_classes_from(self, experience) and _new_classes(experience, self.n_seen_classes) and \
+        if learns_classes_from(self, experience) and new_classes(experience, self.n_seen_classes) and \
                 self.heads.n_tasks and self.prompts.expandable:
             self.prompts.add_context()
         super().adaptation(experience)
@@ -223,7 +224,6 @@ class ClapCoopModel(ClapModel):
         return state
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        n = state_dict.get("_extra_state", {}).get("n_contexts", 1)
-        while self.prompts.n_contexts < n:
-            self.prompts.add_context()
+        """Grow the contexts to the checkpoint's, then load it."""
+        _grow_contexts(self.prompts, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -10,6 +10,8 @@ loss. The toolkit's own metrics, losses and selectors use the seen classes only
 """
 from __future__ import annotations
 
+from typing import List
+
 import torch
 
 #: The logit of a class the model has not trained on (Avalanche's default mask value).
@@ -60,6 +62,12 @@ def learns_classes_from(model, experience) -> bool:
         return False
     name = getattr(getattr(experience, "origin_stream", None), "name", None)
     return not (isinstance(name, str) and name.startswith(EVALUATION_STREAMS))
+
+
+def new_classes(experience, n_seen: int) -> List[int]:
+    """The labels of ``experience`` a model with ``n_seen`` classes (``0 .. n_seen - 1``)
+    does not score yet, sorted."""
+    return sorted({int(c) for c in experience.classes_in_this_experience} - set(range(n_seen)))
 
 
 class MaskedLogitsMixin:

@@ -68,12 +68,6 @@ def nested_chain(m: int, batch_size: int, *, per_sample: bool = True,
     return list(zip(masks[:-1], masks[1:]))
 
 
-def removed_modality(superset: Subset, subset: Subset) -> Optional[int]:
-    """The one modality present in ``superset`` and not in ``subset`` (None if several)."""
-    removed = [i for i, (s, t) in enumerate(zip(superset, subset)) if s and not t]
-    return removed[0] if len(removed) == 1 else None
-
-
 def subset_name(subset: Subset, names: Sequence[str]) -> str:
     """``"a+b"``, or ``"none"`` for the empty subset."""
     return "+".join(n for n, present in zip(names, subset) if present) or "none"

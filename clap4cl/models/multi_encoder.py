@@ -26,7 +26,6 @@ from clap4cl.models.masking import UNSEEN_LOGIT, learns_classes_from
 from clap4cl.models.multimodal import MultimodalModule
 
 
-
 class MultiEncoderClassifier(MultimodalModule, DynamicModule):
     """Late-fusion or concatenation classifier over per-modality encoders.
 

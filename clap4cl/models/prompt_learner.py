@@ -3,7 +3,8 @@
 Every class c gets the prompt ``[SOS][ctx_1 … ctx_n][name tokens][.][EOT]``: the n
 context vectors are shared by all classes and are the only trainable values; the frozen
 open_clip text transformer runs on the prompts and gradients flow back to the context.
-See docs/prompt-learning.md.
+See docs/prompt-learning.md. One file: the three text passes below must agree exactly
+on the prompt layout and tokens the learner builds.
 
 Three exact ways to run the text transformer (``text_pass``):
 
@@ -29,8 +30,8 @@ from clap4cl.models.choices import TEXT_PASSES
 
 PLACEHOLDER = "x"
 
-# Frozen text towers by backbone identity: an unpickled prompt learner (a resumed run)
-# re-attaches to the backbone the process has loaded instead of pickling its weights.
+# Frozen text towers by backbone identity: a deep-copied or unpickled prompt learner
+# re-attaches to the backbone the process has loaded instead of copying its weights.
 _TOWERS: "weakref.WeakValueDictionary[str, nn.Module]" = weakref.WeakValueDictionary()
 
 

@@ -21,6 +21,11 @@ METHODS = ("zeroshot", "clap", "clap_deterministic", "clip_adapter", "multi_enco
 EVAL_CONTEXTS = ("per_image", "mixed", "reference")
 # Learned context length per method when ``coop.n_ctx`` is null (the reference's values).
 DEFAULT_N_CTX = {"coop": 16, "clap_coop": 12}
+# The config section holding each training method's ``batch_size``, epochs and learning rate
+# (CLAP + CoOp trains with the ``clap`` section's; zeroshot does not train).
+TRAINING_SECTION = {"clap": "clap", "clap_deterministic": "clap", "clap_coop": "clap",
+                    "coop": "coop", "clip_adapter": "clip_adapter",
+                    "multi_encoder": "multi_encoder"}
 
 
 def model_eval_context(eval_context: str) -> str:

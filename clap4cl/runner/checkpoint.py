@@ -1,5 +1,6 @@
 """The run checkpoint: everything a run needs to continue after a finished experience, as
-plain data that ``torch.load(path, weights_only=True)`` reads.
+plain data that ``torch.load(path, weights_only=True)`` reads. One file: writing and
+reading are the two halves of one format and change together.
 
 The file holds tensors, lists, tuples, dicts, numbers, strings, booleans and None only;
 no class and no function is ever loaded from it, so a planted file cannot run code. The

@@ -3,6 +3,9 @@
 ``clap4cl/runner/defaults.yaml`` lists every key with its default and a comment. A user
 config and ``--set key=value`` overrides are merged on top; unknown keys, wrong types
 and invalid choices raise :class:`~clap4cl.errors.ConfigError` with one line.
+
+One file: merging, ``--set`` and the type checks all walk the same defaults tree; value
+checks that need no tree live in ``runner.checks``.
 """
 from __future__ import annotations
 
@@ -19,16 +22,17 @@ from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES, TEXT_PASSES
 from clap4cl.runner.assemble import EVAL_CONTEXTS, METHODS
 from clap4cl.runner.checks import FLOAT_SPELLING, check_values
+from clap4cl.runner.threads import validate_setting
 from scenarios.choices import BAD_IMAGE_POLICIES, CACHE_VERIFY
 from scenarios.registry import available_datasets, normalise_name
 from strategies.choices import MEMORY_POLICIES, SELECTORS
-from clap4cl.runner.threads import validate_setting
-from strategies.plugins.registry import PLUGINS, check_plugin_names
+from strategies.plugins.registry import (PLUGINS, build_plugins, check_plugin_names,
+                                         normalise_options)
 
-# Types of keys whose default is null.
 # Keys with their own check (not the default's type): "auto" or a positive integer.
 OWN_CHECK = ("threads",)
 
+# Types of keys whose default is null.
 NULLABLE = {
     "seed": (int,),
     "backbone.pretrained": (str,),
@@ -243,8 +247,6 @@ def validate(config: Dict[str, Any]) -> None:
     _check_method_data(config)
     _check_prompt_learning(config)
     check_values(config)
-    from strategies.plugins.registry import build_plugins, normalise_options
-
     config["plugins"] = normalise_options(config["plugins"])
     build_plugins(config["plugins"])  # plugin options fail before any work
 
@@ -261,7 +263,7 @@ def _check_prompt_learning(config) -> None:
     """Learned prompts need a CLIP text encoder: image datasets, not feature-only streams."""
     if config["method"] not in ("coop", "clap_coop"):
         return
-    if str(config["dataset"]["name"]).replace("-", "_").lower() == "synthetic":
+    if normalise_name(config["dataset"]["name"]) == "synthetic":
         raise ConfigError(f"method {config['method']!r} learns prompts through the CLIP text "
                           f"encoder: use an image dataset (e.g. digits), not synthetic features")
     for key in ("coop.n_ctx", "coop.vga_heads"):

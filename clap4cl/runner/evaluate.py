@@ -116,10 +116,6 @@ class LogitsCollector(SupervisedPlugin, supports_distributed=True):
         state["outputs"] = {}                # refilled by every evaluation: not checkpointed
         return state
 
-    def __setstate__(self, state):
-        self.__dict__.update({"mc_samples": None, "mean_only": False, "seed_and_step": None,
-                              **state})
-
     def logits_and_targets(self, experience: int):
         """(sample logits (N, M, C), targets) of an evaluated experience."""
         logits, _, targets = zip(*self.outputs[experience])

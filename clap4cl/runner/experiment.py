@@ -15,20 +15,21 @@ from avalanche.training.determinism.rng_manager import RNGManager
 
 from clap4cl import distributed
 from clap4cl.features.cache import FeatureCache
-from clap4cl.paths import default_cache_dir
 from clap4cl.runner.assemble import build_strategy
 from clap4cl.runner.evaluate import LogitsCollector, evaluate_step
-from clap4cl.runner.inputs import (SYNTHETIC_LOGIT_SCALE, build_benchmark, check_cache_dir,
-                                   check_device, check_novelty_dataset, load_backbone,
-                                   load_external_ood, null_image_embedding, stream_text_features)
+from clap4cl.runner.inputs import (SYNTHETIC_LOGIT_SCALE, build_benchmark, cache_dir,
+                                   check_cache_dir, check_device, check_novelty_dataset,
+                                   load_backbone, load_external_ood, null_image_embedding,
+                                   stream_text_features)
 from clap4cl.runner.logs import (RunProgress, log_step_scalars, make_evaluator, tensorboard_logger,
                                  write_plots)
-from clap4cl.runner.results import Timer, plugin_name, summarise
+from clap4cl.runner.results import Timer, summarise
 from clap4cl.runner.threads import phase_threads, run_heads_are_heavy, single_interop_thread
 from clap4cl.runner.torchrun import run_seed, start_distributed
 from clap4cl.runner.rundir import (check_run_dir, record_changes, release_freed_memory,
                                    restore_results, resume, save_run_checkpoint,
                                    write_json_atomic, write_run_config)
+from strategies.plugins.registry import plugin_name
 
 
 def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] = None) -> Dict[str, Any]:
@@ -56,7 +57,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
     check_novelty_dataset(config)
     distributed.barrier()
     timer = Timer()
-    cache = FeatureCache(config["cache"]["dir"] or default_cache_dir())
+    cache = FeatureCache(cache_dir(config))
     threads = config["threads"]
     single_interop_thread(threads)
     with timer.phase("extract"), phase_threads("extract", threads):

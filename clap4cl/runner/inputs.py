@@ -140,7 +140,7 @@ def check_novelty_dataset(config) -> None:
     if name is None:
         return
     novel_is_synthetic = scenarios.canonical_name(name) == "synthetic"
-    if novel_is_synthetic != (config["dataset"]["name"] == "synthetic"):
+    if novel_is_synthetic != (scenarios.canonical_name(config["dataset"]["name"]) == "synthetic"):
         raise UserError(f"eval.novelty_dataset = {name!r} cannot be compared with "
                         f"dataset.name = {config['dataset']['name']!r}: synthetic features only "
                         f"pair with synthetic features, images only with images")

@@ -16,7 +16,6 @@ from clap4cl.runner.checks import check_writable_dir
 from clap4cl.runner.config import dump
 from clap4cl.runner.results import Timer
 
-
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -61,11 +60,13 @@ RESUMABLE_KEYS = ("clap.lr", "clap.finetune_lr_factor", "clap.epochs", "clap.fin
                   "clip_adapter.lr", "clip_adapter.epochs", "multi_encoder.lr",
                   "multi_encoder.epochs", "coop.lr", "coop.finetune_lr_factor", "coop.epochs",
                   "coop.finetune_epochs")
+
+
 def check_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Refuse a run directory this config cannot run in, writing nothing: not writable,
-    or holding a run with a different config. Returns the
-    allowed changes of a resumed run (``RESUMABLE_KEYS`` whose value differs from the
-    run's, as ``{"key", "from", "to"}``), to be recorded once it resumes."""
+    or holding a run with a different config. Returns the allowed changes of a resumed
+    run (``RESUMABLE_KEYS`` whose value differs from the run's, as ``{"key", "from",
+    "to"}``), to be recorded once it resumes."""
     checked_names(config)
     check_writable_dir(output, "--output")
     saved = output / "config.yaml"
@@ -110,14 +111,6 @@ def write_run_config(output: Path, config: Dict[str, Any]) -> None:
         tmp = saved.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(dump(config))
         os.replace(tmp, saved)
-
-
-def prepare_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """:func:`check_run_dir` then :func:`write_run_config` (for callers with nothing to
-    build in between)."""
-    changes = check_run_dir(output, config)
-    write_run_config(output, config)
-    return changes
 
 
 def record_changes(run_state: Dict[str, Any], changes: List[Dict[str, Any]], start: int) -> None:

@@ -22,6 +22,8 @@ import contextlib
 import os
 from typing import Iterator, Optional, Union
 
+from clap4cl.runner.assemble import TRAINING_SECTION
+
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 PHASES = ("extract", "train", "eval")
 # Per-step multiply-accumulates (batch x classes x width^2) above which a second thread pays off.
@@ -55,8 +57,8 @@ def heavy_heads(batch_size: int, n_classes: int, width: int) -> bool:
 
 def run_heads_are_heavy(config, n_classes: int, text_features) -> bool:
     """``heavy_heads`` for a run: its method's batch size, the stream's classes, the text width."""
-    section = config.get(config["method"].replace("clap_deterministic", "clap"), {})
-    batch = section.get("batch_size", 0) if isinstance(section, dict) else 0
+    section = TRAINING_SECTION.get(config["method"])
+    batch = config[section]["batch_size"] if section else 0
     width = text_features.mean.shape[-1] if text_features is not None else 0
     return heavy_heads(batch, n_classes, width)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from clap4cl import distributed
 from clap4cl.errors import UserError
-from clap4cl.runner.results import plugin_name
+from clap4cl.runner.assemble import TRAINING_SECTION
+from strategies.plugins.registry import plugin_name
 
 
 def run_seed(config) -> int:
@@ -23,9 +24,8 @@ def start_distributed(config, seed: int) -> None:
                         f"supported in data-parallel runs: run them without torchrun")
     if config["method"] == "multi_encoder":
         raise UserError("method multi_encoder does not train data-parallel: run it without torchrun")
-    section = {"clap": "clap", "clap_deterministic": "clap",
-               "clap_coop": "clap"}.get(config["method"], config["method"])
-    batch = config.get(section, {}).get("batch_size")
+    section = TRAINING_SECTION.get(config["method"])
+    batch = config[section]["batch_size"] if section else None
     if batch is not None and batch % distributed.world_size():
         raise UserError(f"{section}.batch_size {batch} is the global batch: it must be divisible "
                         f"by the {distributed.world_size()} processes (nodes x processes per node)")

@@ -27,9 +27,9 @@ from torchvision.datasets import CIFAR10, CIFAR100, VisionDataset
 from torchvision.datasets.utils import check_integrity
 
 from clap4cl.errors import DataNotFoundError, UserError
+from clap4cl.paths import default_data_dir
 
-from scenarios.base import (ArrayImageDataset, DatasetSplits, clean_class_name, default_data_dir,
-                   make_fingerprint)
+from scenarios.base import ArrayImageDataset, DatasetSplits, clean_class_name, make_fingerprint
 
 # The 18 CIFAR prompt templates of CLIP (and of the CLAP4CLIP reference), in a fixed order.
 CIFAR_TEMPLATES = (

@@ -17,8 +17,9 @@ from typing import Optional
 import numpy as np
 
 from clap4cl.errors import DataNotFoundError
+from clap4cl.paths import default_data_dir
 
-from scenarios.base import ArrayImageDataset, DatasetSplits, default_data_dir, make_fingerprint
+from scenarios.base import ArrayImageDataset, DatasetSplits, make_fingerprint
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 

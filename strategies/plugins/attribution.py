@@ -18,8 +18,7 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from clap4cl.evaluation.attribution import (SCOPES, TARGET_LOGITS, attribution_shares,  # noqa: F401
-                                            grad_x_input, shares_from_scores, target_ratio)
+from clap4cl.evaluation.attribution import SCOPES, TARGET_LOGITS, attribution_shares, target_ratio
 from clap4cl.models.multimodal import as_multimodal, step_present
 
 from strategies.plugins.regularizer import RegularizerPlugin, step_features

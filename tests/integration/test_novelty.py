@@ -107,3 +107,14 @@ def test_reliability_bins_hand_computed():
     assert bins.accuracy[9] == pytest.approx(0.5) and bins.confidence[9] == pytest.approx(0.9)
     assert bins.accuracy[6] == 1.0 and bins.confidence[6] == pytest.approx(0.6)
     assert bins.ece == pytest.approx((2 / 3) * 0.4 + (1 / 3) * 0.4)
+
+
+def test_the_novelty_pairing_check_reads_dataset_names_as_the_registry_does():
+    from clap4cl.errors import UserError
+    from clap4cl.runner.inputs import check_novelty_dataset
+
+    check_novelty_dataset(load_config(None, ["dataset.name=Synthetic",
+                                             "eval.novelty_dataset=synthetic"]))
+    with pytest.raises(UserError, match="cannot be compared"):
+        check_novelty_dataset(load_config(None, ["dataset.name=Synthetic",
+                                                 "eval.novelty_dataset=digits"]))

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from clap4cl.encoders import backbones
+from clap4cl.encoders import backbones, weights
 from clap4cl.encoders.backbones import TINY_ARCHITECTURES, load_clip
 from clap4cl.errors import UserError
 
@@ -194,9 +194,9 @@ def test_unknown_precision_is_a_user_error():
 def test_file_hash_is_recomputed_when_the_file_changes(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(b"abc")
-    assert backbones.file_sha256(path) == hashlib.sha256(b"abc").hexdigest()
+    assert weights.file_sha256(path) == hashlib.sha256(b"abc").hexdigest()
     path.write_bytes(b"abcd")
-    assert backbones.file_sha256(path) == hashlib.sha256(b"abcd").hexdigest()
+    assert weights.file_sha256(path) == hashlib.sha256(b"abcd").hexdigest()
 
 
 def test_loading_random_weights_leaves_the_root_logger_alone(monkeypatch):

@@ -18,7 +18,7 @@ from clap4cl.evaluation.modality_metrics import LossTermsMetric
 from strategies import CMLPlugin, MADPlugin, ModalityDropoutPlugin
 from strategies.plugins.regularizer import record_loss_term
 from strategies.multimodal_step import MultimodalStep
-from strategies.plugins.attribution import attribution_shares, grad_x_input, shares_from_scores, target_ratio
+from clap4cl.evaluation.attribution import attribution_shares, grad_x_input, shares_from_scores, target_ratio
 from strategies.plugins.cml import cml_hinge, confidence
 from strategies.plugins.mad import entropy_weights, mad_loss
 from strategies.plugins.mar import MARPlugin, discrepancy, masked_mean_ce, weak_set

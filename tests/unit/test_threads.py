@@ -100,3 +100,17 @@ def test_a_run_trains_and_evaluates_with_the_policy_count(tmp_path, monkeypatch)
     experiment.run_experiment(config, tmp_path / "run", progress=False)
     assert seen == {"train": {3}, "eval": {3}}
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("method, section", [("clap", "clap"), ("clap_deterministic", "clap"),
+                                             ("clap_coop", "clap"), ("coop", "coop"),
+                                             ("clip_adapter", "clip_adapter")])
+def test_heavy_heads_read_the_batch_size_the_method_trains_with(method, section):
+    from types import SimpleNamespace
+
+    config = load_config(None, [f"method={method}", f"{section}.batch_size=4096"])
+    text = SimpleNamespace(mean=torch.zeros(100, 512))
+    assert threads.run_heads_are_heavy(config, 100, text)       # 4096·100·512² ≈ 1.1e11 MACs
+    config[section]["batch_size"] = 1
+    assert not threads.run_heads_are_heavy(config, 100, text)
+    assert not threads.run_heads_are_heavy(load_config(None, ["method=zeroshot"]), 100, text)
