@@ -9,6 +9,8 @@ _EXPORTS = {
     "CLAP": "strategies.clap",
     "clap_loss": "strategies.clap",
     "CLIPAdapter": "strategies.clip_adapter",
+    "CoOp": "strategies.coop",
+    "ClapCoop": "strategies.coop",
     "ClassBalancedMemory": "strategies.exemplars",
     "NonFiniteLossGuard": "strategies.guards",
     "ReplayTemplate": "strategies.replay_template",
