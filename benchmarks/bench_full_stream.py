@@ -9,7 +9,8 @@ phase, peak memory and the top entries of a cProfile profile.
 Goal: each completes on 2 CPU cores with peak memory <= 2 GiB.
 
 ``--scale s`` keeps the classes, experiences, batch sizes and M (so every step has the
-full-size shapes) and multiplies the samples per class by s: ``--scale 0.05`` runs the
+full-size shapes) and multiplies the samples per class and the memory by s (so
+finetuning keeps its share of the steps): ``--scale 0.05`` runs the
 CIFAR-100-sized protocol in about a minute, for profiling on a busy machine.
 ``--against TREE`` runs the same benchmark alternately with the code of another source
 tree (e.g. a ``git worktree`` of an older commit) and with this one, each in a fresh
@@ -53,10 +54,12 @@ def config_for(size: str, epochs: int, finetune_epochs: int, scale: float = 1.0)
     train, test = (max(1, round(spec[k] * scale)) for k in ("train_per_class", "test_per_class"))
     options = (f"{{n_classes: {spec['n_classes']}, dim: 512, train_per_class: "
                f"{train}, test_per_class: {test}}}")
+    memory = {k: (max(1, round(v * scale)) if isinstance(v, int) else v)
+              for k, v in spec["memory"].items()}      # keeps finetuning's share of the steps
     overrides = {"method": "clap", "dataset.name": "synthetic", "dataset.n_experiences": 10,
                  "dataset.options": options, "clap.epochs": epochs,
                  "clap.finetune_epochs": finetune_epochs, "clap.mc_samples": 20,
-                 "eval.context": "per_image", "logging.tensorboard": False, **spec["memory"]}
+                 "eval.context": "per_image", "logging.tensorboard": False, **memory}
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
 
