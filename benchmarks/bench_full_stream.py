@@ -54,8 +54,10 @@ def config_for(size: str, epochs: int, finetune_epochs: int, scale: float = 1.0)
     train, test = (max(1, round(spec[k] * scale)) for k in ("train_per_class", "test_per_class"))
     options = (f"{{n_classes: {spec['n_classes']}, dim: 512, train_per_class: "
                f"{train}, test_per_class: {test}}}")
-    memory = {k: (max(1, round(v * scale)) if isinstance(v, int) else v)
-              for k, v in spec["memory"].items()}      # keeps finetuning's share of the steps
+    # Scaled with the stream, so finetuning keeps its share of the steps; at least one
+    # exemplar per class (a smaller fixed total leaves the memory empty).
+    memory = {k: (max(spec["n_classes"] if k == "memory.size" else 1, round(v * scale))
+                  if isinstance(v, int) else v) for k, v in spec["memory"].items()}
     overrides = {"method": "clap", "dataset.name": "synthetic", "dataset.n_experiences": 10,
                  "dataset.options": options, "clap.epochs": epochs,
                  "clap.finetune_epochs": finetune_epochs, "clap.mc_samples": 20,
