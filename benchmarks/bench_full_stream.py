@@ -8,7 +8,16 @@ evaluation after every experience, novelty detection, checkpoints. Prints the ti
 phase, peak memory and the top entries of a cProfile profile.
 Goal: each completes on 2 CPU cores with peak memory <= 2 GiB.
 
-    python benchmarks/bench_full_stream.py [--size cifar100|imagenet_r|both] [--epochs 5] [--threads 2]
+``--scale s`` keeps the classes, experiences, batch sizes and M (so every step has the
+full-size shapes) and multiplies the samples per class and the memory by s (so
+finetuning keeps its share of the steps): ``--scale 0.05`` runs the
+CIFAR-100-sized protocol in about a minute, for profiling on a busy machine.
+``--against TREE`` runs the same benchmark alternately with the code of another source
+tree (e.g. a ``git worktree`` of an older commit) and with this one, each in a fresh
+process, and prints the ratios per phase and of peak memory.
+
+    python benchmarks/bench_full_stream.py [--size cifar100|imagenet_r|both] [--epochs 5]
+        [--threads 2] [--scale 1.0] [--against TREE] [--repeats 1]
 """
 from __future__ import annotations
 
@@ -16,9 +25,12 @@ import argparse
 import contextlib
 import cProfile
 import io
+import json
 import os
 import pstats
 import resource
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,14 +49,19 @@ SIZES = {
 }
 
 
-def config_for(size: str, epochs: int, finetune_epochs: int):
+def config_for(size: str, epochs: int, finetune_epochs: int, scale: float = 1.0):
     spec = SIZES[size]
+    train, test = (max(1, round(spec[k] * scale)) for k in ("train_per_class", "test_per_class"))
     options = (f"{{n_classes: {spec['n_classes']}, dim: 512, train_per_class: "
-               f"{spec['train_per_class']}, test_per_class: {spec['test_per_class']}}}")
+               f"{train}, test_per_class: {test}}}")
+    # Scaled with the stream, so finetuning keeps its share of the steps; at least one
+    # exemplar per class (a smaller fixed total leaves the memory empty).
+    memory = {k: (max(spec["n_classes"] if k == "memory.size" else 1, round(v * scale))
+                  if isinstance(v, int) else v) for k, v in spec["memory"].items()}
     overrides = {"method": "clap", "dataset.name": "synthetic", "dataset.n_experiences": 10,
                  "dataset.options": options, "clap.epochs": epochs,
                  "clap.finetune_epochs": finetune_epochs, "clap.mc_samples": 20,
-                 "eval.context": "per_image", "logging.tensorboard": False, **spec["memory"]}
+                 "eval.context": "per_image", "logging.tensorboard": False, **memory}
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -93,8 +110,8 @@ class PhaseMemory:
             run_results.Timer.phase = original
 
 
-def bench(size: str, epochs: int, finetune_epochs: int, top: int) -> None:
-    config = config_for(size, epochs, finetune_epochs)
+def bench(size: str, epochs: int, finetune_epochs: int, top: int, scale: float = 1.0) -> dict:
+    config = config_for(size, epochs, finetune_epochs, scale)
     profiler = cProfile.Profile()
     memory = PhaseMemory()
     time.sleep(0.1)
@@ -106,8 +123,11 @@ def bench(size: str, epochs: int, finetune_epochs: int, top: int) -> None:
         profiler.disable()
         total = time.perf_counter() - start
     timing = results["timing"]
+    scaled = "" if scale == 1.0 else f", samples per class x {scale:g}"
     print(f"\n{size}-sized stream: {SIZES[size]['n_classes']} classes, 10 experiences, "
-          f"{epochs} epochs + {finetune_epochs} finetuning, M = 20, per_image evaluation")
+          f"{epochs} epochs + {finetune_epochs} finetuning, M = 20, per_image evaluation{scaled}")
+    print(f"  torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     print(f"  total {total:7.1f} s   generate/load {timing['extract']:6.1f} s   "
           f"train {timing['train']:7.1f} s   evaluate {timing['eval']:6.1f} s")
     print(f"  peak memory {peak_memory_gib():.2f} GiB (goal <= 2 GiB)   "
@@ -119,6 +139,9 @@ def bench(size: str, epochs: int, finetune_epochs: int, top: int) -> None:
     print(f"  profile, top {top} by own time:")
     for line in profile_top(profiler, top):
         print("   ", line[:150])
+    return {"total": total, "extract": timing["extract"], "train": timing["train"],
+            "eval": timing["eval"], "peak_gib": peak_memory_gib(),
+            "last_accuracy": results["last_accuracy"]}
 
 
 def profile_top(profiler, top: int, sort: str = "tottime"):
@@ -137,10 +160,58 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the samples per class (classes and shapes stay)")
+    parser.add_argument("--against", metavar="TREE",
+                        help="also run another source tree's code and print the ratios")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per tree with --against")
+    parser.add_argument("--json", help=argparse.SUPPRESS)   # child processes of --against
     args = parser.parse_args()
+    sizes = ("cifar100", "imagenet_r") if args.size == "both" else (args.size,)
+    if args.against:
+        for size in sizes:
+            compare(size, args)
+        return
     torch.set_num_threads(args.threads)
-    for size in (("cifar100", "imagenet_r") if args.size == "both" else (args.size,)):
-        bench(size, args.epochs, args.finetune_epochs, args.top)
+    figures = {size: bench(size, args.epochs, args.finetune_epochs, args.top, args.scale)
+               for size in sizes}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh)
+
+
+def compare(size: str, args) -> None:
+    """Alternate fresh processes running ``args.against``'s code and this tree's; print
+    the per-phase medians and the ratios old / new."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"old": os.path.abspath(args.against), "new": here}
+    runs = {name: [] for name in trees}
+    for _ in range(args.repeats):
+        for name, tree in trees.items():
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                command = [sys.executable, os.path.abspath(__file__), "--size", size,
+                           "--epochs", str(args.epochs), "--finetune-epochs", str(args.finetune_epochs),
+                           "--threads", str(args.threads), "--top", str(args.top),
+                           "--scale", str(args.scale), "--json", out.name]
+                print(f"\n=== {name} code: {tree} (load average {os.getloadavg()[0]:.2f})", flush=True)
+                env = {**os.environ, "PYTHONPATH": tree}
+                subprocess.run(command, env=env, check=True, cwd=tree)
+                with open(out.name) as fh:
+                    runs[name].append(json.load(fh)[size])
+
+    def median(name, key):
+        values = sorted(r[key] for r in runs[name])
+        return values[len(values) // 2]
+
+    print(f"\n{size}, samples per class x {args.scale:g}, {args.repeats} run(s) per tree "
+          f"(medians; old = {trees['old']})")
+    print(f"  {'':10} {'old':>9} {'new':>9} {'old/new':>8}")
+    for key, unit in (("total", "s"), ("train", "s"), ("eval", "s"), ("extract", "s"),
+                      ("peak_gib", "GiB")):
+        old, new = median("old", key), median("new", key)
+        print(f"  {key:10} {old:8.2f}{unit[0]} {new:8.2f}{unit[0]} {old / max(new, 1e-9):8.2f}")
+    print(f"  last accuracy old {median('old', 'last_accuracy'):.6f}, "
+          f"new {median('new', 'last_accuracy'):.6f}")
 
 
 if __name__ == "__main__":

@@ -215,6 +215,30 @@ def test_cached_head_stacks_follow_parameter_updates():
         heads.load_state_dict(other.state_dict())
         assert torch.allclose(heads(h)[0], looped_heads(other, h)[0], atol=1e-5)
 
+@pytest.mark.parametrize("trainable", [[3], [0, 3], [1, 2]])
+def test_frozen_heads_give_the_same_outputs_and_only_trainable_heads_get_gradients(trainable):
+    torch.manual_seed(7)
+    heads = GaussianTaskHeads(DIM)
+    for size in (2, 2, 2, 2):
+        heads.add_task(size)
+    h = torch.randn(3, 8, DIM, requires_grad=True)
+    heads.set_trainable(range(4))
+    mu_all, sigma_all = heads(h)
+    (grad_all,) = torch.autograd.grad((mu_all.sum() + sigma_all.sum()), h)
+    heads.set_trainable(trainable)
+    for _ in range(2):                                    # second pass: from the cached stack
+        mu, sigma = heads(h)
+        assert torch.equal(mu, mu_all) and torch.equal(sigma, sigma_all)
+        params = [p for p in heads.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(mu.sum() + sigma.sum(), [h] + params)
+        assert torch.allclose(grads[0], grad_all, atol=1e-6)
+        assert len(params) == 4 * len(trainable)
+    with torch.no_grad():                                 # an update of a frozen head is seen
+        heads.mu_weight[1 if 1 not in trainable else 0].add_(1.0)
+    mu_loop, _ = looped_heads(heads, h.detach())
+    assert torch.allclose(heads(h)[0], mu_loop, atol=1e-5)
+
+
 
 @pytest.mark.parametrize("context", ["batch", "per_image"])
 def test_logits_equal_tau_times_image_dot_refined_text_plus_sample(context):

@@ -183,8 +183,13 @@ class GaussianTaskHeads(nn.Module):
         rows = rows.reshape(self.n_tasks, -1, dim)
 
         def apply(weights, biases):
-            stacked_t, stacked_b = self._stacked(weights, biases)
-            out = torch.baddbmm(stacked_b[:, None, :], rows, stacked_t)
+            groups = self._trainable_groups(weights, biases)
+            if groups is None:
+                stacked_t, stacked_b = self._stacked(weights, biases)
+                out = torch.baddbmm(stacked_b[:, None, :], rows, stacked_t)
+            else:
+                out = torch.cat([torch.baddbmm(b[:, None, :], rows[start:end], w_t)
+                                 for start, end, w_t, b in groups])
             out = out.reshape(row_shape).movedim(0, -3).flatten(-3, -2)
             return out if layout is None else out[..., layout[1], :]
 
@@ -193,6 +198,45 @@ class GaussianTaskHeads(nn.Module):
             return mu, None
         sigma = SIGMA_SCALE * F.softplus(apply(self.sigma_weight, self.sigma_bias)) + SIGMA_FLOOR
         return mu, sigma
+
+    def _trainable_groups(self, weights, biases):
+        """With autograd and some heads frozen: [(start, end, (n, D, D) transposed
+        weights, (n, D) biases)] for runs of consecutive tasks that train or not, else None.
+
+        Stacking every head for autograd copies T·D² values per step and its backward
+        computes a weight gradient for every head; the frozen runs instead use a stack
+        cached until a parameter changes (same layout, so the same products).
+        """
+        if not torch.is_grad_enabled():
+            return None
+        trains = [weights[k].requires_grad or biases[k].requires_grad for k in range(len(weights))]
+        if all(trains) or not any(trains):
+            return None
+        groups, start = [], 0
+        for k in range(1, len(trains) + 1):
+            if k < len(trains) and trains[k] == trains[start]:
+                continue
+            if trains[start]:
+                w_t = torch.stack(list(weights[start:k])).transpose(-1, -2)
+                b = torch.stack(list(biases[start:k]))
+            else:
+                w_t, b = self._frozen_run(weights, biases, start, k)
+            groups.append((start, k, w_t, b))
+            start = k
+        return groups
+
+    def _frozen_run(self, weights, biases, start, end):
+        params = list(weights[start:end]) + list(biases[start:end])
+        key = (start, end) + tuple((p.data_ptr(), p._version) for p in params)
+        slot = ("frozen", id(weights))
+        cached = self._stack_cache.get(slot)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                stacked = (torch.stack(list(weights[start:end])).transpose(-1, -2),
+                           torch.stack(list(biases[start:end])))
+            cached = (key, stacked)
+            self._stack_cache[slot] = cached
+        return cached[1]
 
     def _stacked(self, weights, biases):
         """(T, D, D) transposed weights and (T, D) biases of all tasks.
