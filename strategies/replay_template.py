@@ -7,6 +7,7 @@ cosine schedule; the memory is updated after the main phase of every experience.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -151,6 +152,13 @@ class ReplayTemplate(SupervisedTemplate):
         super().training_epoch(**kwargs)
         if epoch + 1 == self.main_epochs:
             self.update_memory()
+            if self.train_epochs > self.main_epochs and self.memory is not None and not len(self.memory):
+                # A fixed total memory smaller than the classes seen keeps no exemplar:
+                # there is nothing to finetune on, so the extra epochs are skipped.
+                warnings.warn(f"the replay memory holds no exemplar after experience "
+                              f"{self.clock.train_exp_counter}: its extra epochs are skipped "
+                              f"(raise memory.size to at least the number of classes)")
+                self.stop_training()
 
     def update_memory(self) -> None:
         """Add the experience's classes to the memory (the same on every rank)."""

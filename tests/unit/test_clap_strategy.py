@@ -145,6 +145,21 @@ def test_finetuning_epochs_are_avalanche_epochs_plugins_and_the_clock_see(bench)
     assert strategy.clock.train_exp_epochs == 5                             # the last experience's
 
 
+def test_a_memory_too_small_for_one_exemplar_per_class_skips_finetuning(bench):
+    """fixed_total 3 over 4+ seen classes keeps 0 per class: no crash, the extra epochs are
+    skipped with a warning (before: DataLoader "num_samples=0" in the first finetune epoch)."""
+    counter = EpochCounter()
+    config = small_config()
+    config["clap"].update(epochs=1, finetune_epochs=2)
+    config["memory"].update(policy="fixed_total", size=3)
+    strategy = make_strategy(bench, config, plugins=[counter], evaluator=quiet_evaluator())
+    with pytest.warns(UserWarning, match="holds no exemplar after experience 1: its extra "
+                                         "epochs are skipped"):
+        run_stream(strategy, bench, stop=2)
+    assert len(strategy.memory) == 0
+    assert [phase for _, phase, _ in counter.epochs[1]] == [False]      # the main epoch only
+
+
 def test_clap_loss_is_the_mean_per_sample_ce_plus_weighted_regularisers(bench):
     model = assemble.build_clap_model(small_config(), bench.text_features, 100.0)
     model.train()
