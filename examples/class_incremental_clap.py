@@ -5,7 +5,7 @@ EvaluationPlugin with accuracy, forgetting and BWT plus the toolkit's calibratio
 continual metrics, logged to TensorBoard -> a per-step table.
 
     python examples/class_incremental_clap.py                      # synthetic features, seconds
-    python examples/class_incremental_clap.py --dataset digits     # real images, tiny random CLIP
+    python examples/class_incremental_clap.py --dataset digits     # real images, packaged digits encoder
     tensorboard --logdir runs/example-clap
 """
 from __future__ import annotations
@@ -23,12 +23,16 @@ from clap4cl.evaluation.plugin_metrics import calibration_plugin_metrics, contin
 from strategies import CLAP, ClassBalancedMemory, make_selector
 
 
-def build_stream(dataset: str, n_experiences: int):
-    """(benchmark, class text statistics, logit scale) of a feature-level stream."""
+def build_stream(dataset: str, n_experiences: int, per_class=None):
+    """(benchmark, class text statistics, logit scale) of a feature-level stream;
+    ``per_class``: training samples per class of the synthetic stream (None: its default)."""
     if dataset == "synthetic":
-        bench = scenarios.class_incremental("synthetic", n_experiences=n_experiences, n_classes=20)
+        sizes = {} if per_class is None else {"train_per_class": per_class,
+                                              "test_per_class": max(1, per_class // 4)}
+        bench = scenarios.class_incremental("synthetic", n_experiences=n_experiences, n_classes=20,
+                                            **sizes)
         return bench, bench.text_features, 100.0
-    clip = load_clip("tiny-vit")  # or load_clip("ViT-B-16", "openai") on a machine that can download
+    clip = load_clip("tiny-vit", "digits")  # or load_clip("ViT-B-16", "openai") when online
     bench = scenarios.class_incremental(dataset, n_experiences=n_experiences, level="features",
                                         backbone=clip)
     return bench, class_text_features(clip, bench.class_names, bench.templates), clip.logit_scale
@@ -42,9 +46,11 @@ def main(argv=None):
     parser.add_argument("--mc-samples", type=int, default=20)
     parser.add_argument("--logdir", default="runs/example-clap")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--per-class", type=int, default=None,
+                        help="training samples per class of the synthetic stream")
     args = parser.parse_args(argv)
 
-    bench, text, logit_scale = build_stream(args.dataset, args.n_experiences)
+    bench, text, logit_scale = build_stream(args.dataset, args.n_experiences, args.per_class)
     loggers = [TensorboardLogger(args.logdir)] + ([] if args.quiet else [InteractiveLogger()])
     evaluator = EvaluationPlugin(
         accuracy_metrics(experience=True, stream=True),

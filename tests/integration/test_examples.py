@@ -13,7 +13,7 @@ def example(name):
 
 def test_class_incremental_script(tmp_path, capsys):
     rows = example("class_incremental_clap.py")(
-        ["--n-experiences", "4", "--epochs", "1", "--mc-samples", "4", "--quiet",
+        ["--n-experiences", "4", "--epochs", "1", "--mc-samples", "4", "--quiet", "--per-class", "60",
          "--logdir", str(tmp_path / "tb")])
     assert [r[0] for r in rows] == [0, 1, 2, 3] and all(0.5 < r[1] <= 1 for r in rows)
     assert rows[0][3] is None and rows[-1][3] is not None     # BWT from the second step on
