@@ -1,5 +1,9 @@
 """On-disk cache of frozen image features.
 
+One file, longer than the others: reading, validating, extracting and committing an
+entry share its locking and record format, which must stay consistent in one place
+(the torchrun shard sharing is in :mod:`clap4cl.features.sharding`).
+
 Every image is encoded once per view (train: original and horizontally flipped; test:
 original) and stored as an fp16 ``.npy`` file that is later opened memory-mapped. A
 file is keyed by everything that changes its content: backbone identity (architecture,

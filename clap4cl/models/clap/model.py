@@ -7,6 +7,10 @@ For the classes seen so far (see docs/clap4clip.md),
 
 with h, μ, σ from :mod:`clap4cl.models.clap.layers`. The logits are computed without
 materialising the (M, B, C, D) tensor of class weights.
+
+One file, longer than the others: ``ClapModel`` is one class whose growth, sampling,
+multimodal interface and checkpoint state share its head bookkeeping; the layers and
+losses it uses live beside it.
 """
 from __future__ import annotations
 
