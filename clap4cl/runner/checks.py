@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from clap4cl.errors import ConfigError, UserError
+from clap4cl.values import as_float
 
 # numpy's RandomState / torch's manual_seed accept seeds in 0 .. 2**32 - 1; the class
 # order is RandomState(1993 + run).
@@ -32,23 +33,6 @@ VGA_METHODS = ("clap", "clap_deterministic")
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 _DEVICE = re.compile(rf"({'|'.join(DEVICE_TYPES)})(:\d+)?")
 SYNTHETIC_DEFAULT_DIM = 64
-
-# Every decimal float spelling users type (1e-3, 1E-3, .5, 5., -2.5e+4) and nan / inf,
-# which YAML 1.1 partly reads as strings.
-FLOAT_SPELLING = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)",
-                            re.IGNORECASE)
-
-
-def as_float(value: Any) -> Optional[float]:
-    """``value`` as a float if it is a number or a float spelling (not a bool), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and FLOAT_SPELLING.fullmatch(value.strip()):
-        return float(value.strip())
-    return None
-
 
 def walk(node: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
     """(dotted key, value) of every leaf of a nested config (list entries as ``key[i]``)."""

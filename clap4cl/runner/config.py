@@ -21,7 +21,8 @@ from clap4cl.errors import ConfigError
 from clap4cl.evaluation.choices import METRIC_PAIRS
 from clap4cl.models.choices import CONTEXTS, FILLS, FUSIONS, LANGUAGE_INIT_CLASSES, TEXT_PASSES
 from clap4cl.runner.assemble import EVAL_CONTEXTS, METHODS
-from clap4cl.runner.checks import FLOAT_SPELLING, check_values
+from clap4cl.runner.checks import check_values
+from clap4cl.values import as_float
 from clap4cl.runner.threads import validate_setting
 from scenarios.choices import BAD_IMAGE_POLICIES, CACHE_VERIFY
 from scenarios.registry import available_datasets, normalise_name
@@ -288,11 +289,8 @@ def _check_types(config, reference, prefix) -> None:
         allowed = NULLABLE.get(full) if default is None else (type(default),)
         if allowed is None:
             continue
-        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            config[key] = float(value)
-            continue
-        if float in allowed and isinstance(value, str) and FLOAT_SPELLING.fullmatch(value.strip()):
-            config[key] = float(value.strip())  # YAML 1.1 reads 1e-3 as a string
+        if float in allowed and as_float(value) is not None:
+            config[key] = as_float(value)  # ints, and 1e-3 that YAML 1.1 reads as a string
             continue
         if isinstance(value, bool) and bool not in allowed:
             ok = False

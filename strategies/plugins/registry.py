@@ -7,11 +7,11 @@ help) stays cheap.
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any, Dict, List, Sequence, Union
 
 from clap4cl._lazy import resolve
 from clap4cl.errors import ConfigError
+from clap4cl.values import as_float
 
 PLUGINS = {
     "modality_dropout": "strategies.plugins.modality_dropout:ModalityDropoutPlugin",
@@ -38,9 +38,6 @@ def check_plugin_names(specs: Sequence[Union[str, Dict[str, Any]]]) -> None:
             raise ConfigError(f"plugins: unknown plugin {name!r}: choose from {', '.join(PLUGINS)}")
 
 
-_FLOAT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
-
-
 def normalise_options(specs: Sequence[Union[str, Dict[str, Any]]]) -> List:
     """``specs`` with each option whose default is a number or a bool checked against
     that type: a ConfigError names the plugin, the option and the value (instead of a
@@ -59,13 +56,9 @@ def normalise_options(specs: Sequence[Union[str, Dict[str, Any]]]) -> List:
             if key == "name" or default is None or default is inspect.Parameter.empty:
                 continue
             kind = type(default)
-            if kind is float and not isinstance(value, bool):
-                if isinstance(value, int):
-                    spec[key] = float(value)
-                    continue
-                if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-                    spec[key] = float(value.strip())
-                    continue
+            if kind is float and as_float(value) is not None:
+                spec[key] = as_float(value)
+                continue
             if kind in (float, int, bool) and type(value) is not kind:
                 raise ConfigError(f"plugin {name} option {key} must be {kind.__name__}, got "
                                   f"{type(value).__name__} {value!r}: e.g. {{name: {name}, "
