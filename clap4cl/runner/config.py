@@ -302,10 +302,15 @@ def _check_types(config, reference, prefix) -> None:
             raise ConfigError(f"{full} must be {names}{nullable}, got {type(value).__name__} {value!r}")
 
 
-def get(config: Dict[str, Any], dotted: str) -> Any:
-    """The value at a dotted key."""
+_REQUIRED = object()
+
+
+def get(config: Dict[str, Any], dotted: str, default: Any = _REQUIRED) -> Any:
+    """The value at a dotted key; ``default`` (if given) when the key is not there."""
     node = config
     for part in dotted.split("."):
+        if default is not _REQUIRED and (not isinstance(node, dict) or part not in node):
+            return default
         node = node[part]
     return node
 

@@ -13,7 +13,7 @@ import yaml
 
 from clap4cl.errors import UserError
 from clap4cl.runner.checks import check_writable_dir
-from clap4cl.runner.config import dump
+from clap4cl.runner.config import dump, get
 from clap4cl.runner.results import Timer
 
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -88,17 +88,18 @@ def check_run_dir(output: Path, config: Dict[str, Any]) -> List[Dict[str, Any]]:
     if fixed:
         key = fixed[0]
         raise UserError(f"run directory {str(output)!r} holds a run with a different config "
-                        f"({key} = {_dotted(run, key)!r} there, {_dotted(current, key)!r} now; only "
-                        f"learning rates, epochs and logging may change on resume): choose another "
-                        f"--output or delete that directory")
+                        f"({key} = {get(run, key, None)!r} there, {get(current, key, None)!r} "
+                        f"now; only learning rates, epochs and logging may change on resume): "
+                        f"choose another --output or delete that directory")
     if not differing:
         return []
     done = completed_experiences(output)
     if done is not None and done >= config["dataset"]["n_experiences"]:
         raise UserError(f"run directory {str(output)!r} holds a finished run: {differing[0]} = "
-                        f"{_dotted(current, differing[0])!r} would apply to no experience; choose "
+                        f"{get(current, differing[0], None)!r} would apply to no experience; choose "
                         f"another --output to train with it")
-    return [{"key": key, "from": _dotted(run, key), "to": _dotted(current, key)} for key in differing]
+    return [{"key": key, "from": get(run, key, None), "to": get(current, key, None)}
+            for key in differing]
 
 
 def write_run_config(output: Path, config: Dict[str, Any]) -> None:
@@ -155,15 +156,6 @@ def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
 
 
 _MISSING = object()
-
-
-def _dotted(config: Dict[str, Any], key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _set_dotted(config: Dict[str, Any], key: str, value: Any) -> None:
