@@ -289,8 +289,9 @@ def _check_types(config, reference, prefix) -> None:
         allowed = NULLABLE.get(full) if default is None else (type(default),)
         if allowed is None:
             continue
-        if float in allowed and as_float(value) is not None:
-            config[key] = as_float(value)  # ints, and 1e-3 that YAML 1.1 reads as a string
+        number = as_float(value) if float in allowed else None
+        if number is not None:
+            config[key] = number  # ints, and 1e-3 that YAML 1.1 reads as a string
             continue
         if isinstance(value, bool) and bool not in allowed:
             ok = False

@@ -56,8 +56,9 @@ def normalise_options(specs: Sequence[Union[str, Dict[str, Any]]]) -> List:
             if key == "name" or default is None or default is inspect.Parameter.empty:
                 continue
             kind = type(default)
-            if kind is float and as_float(value) is not None:
-                spec[key] = as_float(value)
+            number = as_float(value) if kind is float else None
+            if number is not None:
+                spec[key] = number
                 continue
             if kind in (float, int, bool) and type(value) is not kind:
                 raise ConfigError(f"plugin {name} option {key} must be {kind.__name__}, got "
