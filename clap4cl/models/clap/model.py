@@ -28,8 +28,8 @@ from clap4cl.models.choices import LANGUAGE_INIT_CLASSES
 from clap4cl.models.clap.layers import CONTEXTS, GaussianTaskHeads, VisualGuidedAttention
 from clap4cl.models.clap.losses import language_init
 from clap4cl.models.frozen_encoder import FrozenImageEncoderMixin
-from clap4cl.models.masking import (MaskedLogitsMixin, learns_classes_from, pad_unseen,
-                                    require_trained)
+from clap4cl.models.masking import (MaskedLogitsMixin, learns_classes_from, new_classes,
+                                    pad_unseen, require_trained)
 from clap4cl.models.multimodal import MultimodalModule
 
 
@@ -176,8 +176,7 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
         """Add a head for the new classes of a training experience."""
         if not learns_classes_from(self, experience):
             return
-        seen = self.n_seen_classes
-        new = sorted({int(c) for c in experience.classes_in_this_experience} - set(range(seen)))
+        new = new_classes(experience, self.n_seen_classes)
         if new:
             self.add_task(new)
 
