@@ -89,7 +89,7 @@ def test_factored_first_feed_forward_layer_equals_linear_of_the_layer_norm():
     x, k = torch.randn(5, 64), 3 * torch.randn(7, 64)
     layer = vga.layer
     direct = layer.linear1(layer.norm2(x[None] + k[:, None]))
-    factored = vga._factored_linear1(x, k)
+    factored = vga._factored_linear1(vga._query_side(x), k)
     assert factored.shape == (7, 5, 32)
     assert torch.allclose(factored, direct, atol=1e-5)
 
@@ -444,3 +444,28 @@ def test_test_stream_experiences_never_add_classes_even_in_train_mode():
     test_experience.origin_stream.name = "train"
     model.adaptation(test_experience)
     assert model.task_sizes == [2, 3]
+
+
+@pytest.mark.parametrize("variational, n_samples, guidance",
+                         [(True, None, True), (True, 0, True), (False, None, True), (True, 3, False)])
+def test_per_image_evaluation_in_chunks_equals_the_whole_batch(monkeypatch, variational, n_samples,
+                                                               guidance):
+    import clap4cl.models.clap.model as clap_model
+
+    model = grown_model(eval_context="per_image", mc_samples=4, variational=variational)
+    model.set_null_image(torch.randn(DIM))
+    x = torch.randn(7, DIM)
+    present = None if guidance else torch.tensor([[True, False]]).expand(7, 2)
+    torch.manual_seed(3)
+    whole = model.forward_samples(x, n_samples, present=present)      # autograd on: one pass
+    next_draw_whole = torch.randn(())
+    monkeypatch.setattr(clap_model, "EVAL_CHUNK_PAIRS", 2 * model.n_seen_classes)
+    torch.manual_seed(3)
+    with torch.no_grad():                                               # chunks of 2 images
+        chunked = model.forward_samples(x, n_samples, present=present)
+    assert torch.randn(()) == next_draw_whole                          # the same draws consumed
+    assert chunked.logits.shape == whole.logits.shape
+    assert torch.allclose(chunked.logits, whole.logits, atol=1e-6)
+    assert torch.allclose(chunked.mu, whole.mu, atol=1e-6)
+    for a, b in ((chunked.sigma, whole.sigma), (chunked.eps_mean, whole.eps_mean)):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))

@@ -45,40 +45,55 @@ class VisualGuidedAttention(nn.Module):
 
     def forward(self, queries: torch.Tensor, images: torch.Tensor, task_of_class: torch.Tensor,
                 context: str = "batch") -> torch.Tensor:
-        mask = task_block_mask(task_of_class)
         if context == "batch":
-            return self.layer(queries[None], images[None], tgt_mask=mask)[0]
+            return self.layer(queries[None], images[None], tgt_mask=task_block_mask(task_of_class))[0]
         if context == "per_image":
-            return self._per_image(queries, images, mask)
+            return self.per_image(queries, task_of_class)(images)
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
 
-    def _per_image(self, queries, images, mask):
+    def per_image(self, queries: torch.Tensor, task_of_class: torch.Tensor):
+        """The ``per_image`` map images (B, D) -> (B, C, D), with everything that does not
+        depend on the images (the queries' self-attention, the query side of the
+        factored first feed-forward layer) done once, so callers can apply it in chunks."""
         layer = self.layer
+        mask = task_block_mask(task_of_class)
         attended = layer.self_attn(queries, queries, queries, attn_mask=mask, need_weights=False)[0]
         x = layer.norm1(queries + layer.dropout1(attended))                   # (C, D)
+        factored = None
+        if not (self.training and (layer.dropout2.p > 0 or layer.multihead_attn.dropout > 0)):
+            factored = self._query_side(x)
+        return lambda images: self._attend_images(x, images, factored)
+
+    def _attend_images(self, x, images, factored):
+        layer = self.layer
         cross = self._single_key_cross_attention(images, x.shape[0])          # (B, C|1, D)
         y = layer.norm2(x[None] + layer.dropout2(cross))                      # (B, C, D)
-        if cross.shape[1] == 1 and not (self.training and layer.dropout2.p > 0):
-            hidden = self._factored_linear1(x, cross[:, 0])
+        if factored is not None:
+            hidden = self._factored_linear1(factored, cross[:, 0])
         else:
             hidden = layer.linear1(y)
         ffn = layer.linear2(layer.dropout(layer.activation(hidden)))
         return layer.norm3(y + layer.dropout3(ffn))
 
-    def _factored_linear1(self, x, k):
+    def _query_side(self, x):
+        """The terms of :meth:`_factored_linear1` that only depend on the queries x (C, D)."""
+        norm, linear = self.layer.norm2, self.layer.linear1
+        x_c = x - x.mean(-1, keepdim=True)                                    # (C, D)
+        weight = linear.weight * norm.weight                                  # (F, D)
+        offset = linear.weight @ norm.bias + linear.bias                      # (F,)
+        return x_c, (x_c * x_c).sum(-1), x_c @ weight.T, weight, offset
+
+    def _factored_linear1(self, query_side, k):
         """linear1(norm2(x_c + k_b)) for every (image b, class c), (B, C, F), without the
         B·C·D·F product: LayerNorm of a sum is γ ⊙ r_bc (x̃_c + k̃_b) + β with centred
         parts x̃, k̃ and one scalar r_bc = 1/std per pair, so the map is
         r_bc (P_c + Q_b) + e with P = x̃ (W₁ diag γ)ᵀ, Q = k̃ (W₁ diag γ)ᵀ, e = W₁β + b₁."""
-        norm, linear = self.layer.norm2, self.layer.linear1
-        x_c = x - x.mean(-1, keepdim=True)                                    # (C, D)
+        x_c, x_square, p, weight, offset = query_side
         k_c = k - k.mean(-1, keepdim=True)                                    # (B, D)
-        variance = ((x_c * x_c).sum(-1)[None, :] + (k_c * k_c).sum(-1)[:, None]
-                    + 2 * k_c @ x_c.T) / x.shape[-1]                           # (B, C)
-        scale = torch.rsqrt(variance.clamp_min(0) + norm.eps)
-        weight = linear.weight * norm.weight                                  # (F, D)
-        offset = linear.weight @ norm.bias + linear.bias                      # (F,)
-        parts = (x_c @ weight.T)[None] + (k_c @ weight.T)[:, None]              # (B, C, F)
+        variance = (x_square[None, :] + (k_c * k_c).sum(-1)[:, None]
+                    + 2 * k_c @ x_c.T) / x_c.shape[-1]                         # (B, C)
+        scale = torch.rsqrt(variance.clamp_min(0) + self.layer.norm2.eps)
+        parts = p[None] + (k_c @ weight.T)[:, None]                           # (B, C, F)
         return torch.addcmul(offset, scale[..., None], parts)   # one pass over (B, C, F)
 
     def _single_key_cross_attention(self, images, n_queries):

@@ -33,6 +33,9 @@ from clap4cl.models.masking import (MaskedLogitsMixin, learns_classes_from, new_
 from clap4cl.models.multimodal import MultimodalModule
 
 
+# Image-class pairs per chunk of per-image evaluation (see ClapModel._sample_in_chunks).
+EVAL_CHUNK_PAIRS = 2048
+
 
 def _normal(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor:
     """Standard normal draws on ``device``, from ``generator`` (on its own device) if given."""
@@ -247,14 +250,50 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
         """:meth:`forward_samples` on encoded images, with the components of ``present``."""
         require_trained(self.n_seen_classes)
         images, guidance = self._apply_mask(images, present)
+        context = context or self.current_context()
+        m = self.mc_samples if n_samples is None else int(n_samples)
+        if context == "per_image" and not (self.training or torch.is_grad_enabled()):
+            return self._sample_in_chunks(images, guidance, m, generator)
         h = self.refined_text(images, context, guidance)
         mu, sigma = self.heads(h)
+        eps = None
+        if sigma is not None and m:
+            eps = _normal((m,) + mu.shape[-2:], mu.device, generator)       # (M, C, D)
+        return self._output(images, h, mu, sigma, eps)
+
+    def _output(self, images, h, mu, sigma, eps) -> ClapOutput:
         base = self._scores(images, h + mu)                                 # (B, C)
-        m = self.mc_samples if n_samples is None else int(n_samples)
-        if sigma is None or m == 0:                      # E[s] = τ⟨x̂, h + μ⟩: ε has mean 0
+        if eps is None:                                  # E[s] = τ⟨x̂, h + μ⟩: ε has mean 0
             return ClapOutput(base[None], mu, None, None)
-        eps = _normal((m,) + mu.shape[-2:], mu.device, generator)           # (M, C, D)
         return ClapOutput(base[None] + self._noise_scores(images, sigma, eps), mu, sigma, eps.mean(0))
+
+    def _sample_in_chunks(self, images, guidance, m, generator) -> ClapOutput:
+        """Per-image evaluation (no autograd, nothing random but ε) a few images at a
+        time: every image is its own context, so chunks give the same numbers, while the
+        (images × classes, VGA width) intermediates stay small enough for the CPU caches
+        (docs/benchmarks.md, "The full protocol")."""
+        n_classes = self.n_seen_classes
+        t = self.class_features[:n_classes]
+        if self.vga is not None and guidance:
+            attend = self.vga.per_image(t, self.task_of_class())
+
+            def refine(chunk):
+                return t + attend(chunk)
+        else:
+            def refine(chunk):
+                return t.expand(chunk.shape[0], -1, -1)
+        eps = None
+        if self.variational and m:
+            eps = _normal((m, n_classes, self.dim), t.device, generator)    # (M, C, D)
+        outputs = []
+        for chunk in images.split(max(1, EVAL_CHUNK_PAIRS // n_classes)):
+            h = refine(chunk)
+            outputs.append(self._output(chunk, h, *self.heads(h), eps))
+        if len(outputs) == 1:
+            return outputs[0]
+        sigma = None if eps is None else torch.cat([o.sigma for o in outputs])
+        return ClapOutput(torch.cat([o.logits for o in outputs], 1),
+                          torch.cat([o.mu for o in outputs]), sigma, outputs[0].eps_mean)
 
     def head(self, feats, present: Optional[torch.Tensor] = None, *,
              mc_samples: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
