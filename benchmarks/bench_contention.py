@@ -19,13 +19,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
+
+from machine import header
 
 
 def spin(stop_at: float) -> None:
@@ -82,9 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per condition (best kept)")
     parser.add_argument("--skip-idle", action="store_true")
     args = parser.parse_args()
-    print(f"{date.today()}  {platform.node()}  {os.cpu_count()} cores  "
-          f"{platform.processor() or platform.machine()}  load {os.getloadavg()[0]:.2f}")
-    print(f"command: {' '.join(sys.argv)}")
+    print(header())
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp), Path(tmp) / "cache"
         run_once(root / "warm", cache, args.experiences, {})  # fill the feature cache

@@ -24,10 +24,6 @@ fashion_mnist loader; ``fashion_mnist`` uses the installed ``dataset-fashion-mni
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +34,7 @@ import torch
 import scenarios
 from clap4cl.encoders.backbones import load_clip
 from clap4cl.features.cache import FeatureCache
+from machine import header
 from scenarios.registry import get_dataset_splits
 
 
@@ -109,19 +106,6 @@ def cache_fill_seconds(backbone, name, root, batch_size, num_workers):
     return sum(spent), whole
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} cores, {model}, torch {torch.__version__}"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="tiny-vit")
@@ -133,9 +117,7 @@ def main():
     parser.add_argument("--num-workers", type=int, default=0,
                         help="DataLoader workers decoding and preprocessing images during the cache fill")
     args = parser.parse_args()
-    print(f"{datetime.date.today()}, {machine()}, load average "
-          f"{os.getloadavg()[0]:.1f} at start, {torch.get_num_threads()} threads")
-    print("command: python " + " ".join(sys.argv))
+    print(header())
     backbone = load_clip(args.arch)
     with tempfile.TemporaryDirectory() as data_dir:
         name, root = args.dataset, None

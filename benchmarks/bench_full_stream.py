@@ -17,7 +17,10 @@ tree (e.g. a ``git worktree`` of an older commit) and with this one, each in a f
 process, and prints the ratios per phase and of peak memory.
 
     python benchmarks/bench_full_stream.py [--size cifar100|imagenet_r|both] [--epochs 5]
-        [--threads 2] [--scale 1.0] [--against TREE] [--repeats 1]
+        [--threads auto] [--scale 1.0] [--against TREE] [--repeats 1]
+
+The run's own thread policy applies (``threads: auto``) unless ``--threads N`` is given;
+the output names the thread counts each phase used, the machine and the load.
 """
 from __future__ import annotations
 
@@ -37,9 +40,11 @@ import time
 
 import torch
 
+from clap4cl.runner import experiment
 from clap4cl.runner import results as run_results
 from clap4cl.runner.config import load_config
 from clap4cl.runner.experiment import run_experiment
+from machine import header
 
 SIZES = {
     "cifar100": dict(n_classes=100, train_per_class=500, test_per_class=100,
@@ -49,7 +54,7 @@ SIZES = {
 }
 
 
-def config_for(size: str, epochs: int, finetune_epochs: int, scale: float = 1.0):
+def config_for(size: str, epochs: int, finetune_epochs: int, scale: float = 1.0, threads="auto"):
     spec = SIZES[size]
     train, test = (max(1, round(spec[k] * scale)) for k in ("train_per_class", "test_per_class"))
     options = (f"{{n_classes: {spec['n_classes']}, dim: 512, train_per_class: "
@@ -61,7 +66,8 @@ def config_for(size: str, epochs: int, finetune_epochs: int, scale: float = 1.0)
     overrides = {"method": "clap", "dataset.name": "synthetic", "dataset.n_experiences": 10,
                  "dataset.options": options, "clap.epochs": epochs,
                  "clap.finetune_epochs": finetune_epochs, "clap.mc_samples": 20,
-                 "eval.context": "per_image", "logging.tensorboard": False, **memory}
+                 "eval.context": "per_image", "logging.tensorboard": False, "threads": threads,
+                 **memory}
     return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -74,12 +80,13 @@ def resident_gib() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
 
 
-class PhaseMemory:
-    """Resident-memory high-water mark per phase of the run (extract = generating the
-    stream, train, eval), sampled every 20 ms while ``clap4cl.runner.run_results.Timer`` phases run."""
+class PhaseRecorder:
+    """Per phase of the run (extract = generating the stream, train, eval): the
+    resident-memory high-water mark (sampled every 20 ms), the intra-op thread counts the
+    run's thread policy chose, and a cProfile profile of that phase alone."""
 
     def __init__(self):
-        self.peaks = {}
+        self.peaks, self.threads, self.profiles = {}, {}, {}
         self.phase = "setup"
         threading.Thread(target=self._sample, daemon=True).start()
 
@@ -91,54 +98,65 @@ class PhaseMemory:
 
     @contextlib.contextmanager
     def watching(self):
-        original = run_results.Timer.phase
-        memory = self
+        original_phase, original_threads = run_results.Timer.phase, experiment.phase_threads
+        recorder = self
 
         @contextlib.contextmanager
         def phase(timer, name):
-            memory.phase = name
+            recorder.phase = name
+            profiler = recorder.profiles.setdefault(name, cProfile.Profile())
             try:
-                with original(timer, name):
-                    yield
+                with original_phase(timer, name):
+                    profiler.enable()
+                    try:
+                        yield
+                    finally:
+                        profiler.disable()
             finally:
-                memory.phase = "between phases"
+                recorder.phase = "between phases"
 
-        run_results.Timer.phase = phase
+        @contextlib.contextmanager
+        def phase_threads(name, setting, **kwargs):
+            with original_threads(name, setting, **kwargs):
+                recorder.threads.setdefault(name, set()).add(torch.get_num_threads())
+                yield
+
+        run_results.Timer.phase, experiment.phase_threads = phase, phase_threads
         try:
             yield
         finally:
-            run_results.Timer.phase = original
+            run_results.Timer.phase, experiment.phase_threads = original_phase, original_threads
 
 
-def bench(size: str, epochs: int, finetune_epochs: int, top: int, scale: float = 1.0) -> dict:
-    config = config_for(size, epochs, finetune_epochs, scale)
-    profiler = cProfile.Profile()
-    memory = PhaseMemory()
+def bench(size: str, epochs: int, finetune_epochs: int, top: int, scale: float = 1.0,
+          threads="auto") -> dict:
+    config = config_for(size, epochs, finetune_epochs, scale, threads)
+    recorder = PhaseRecorder()
     time.sleep(0.1)
-    imported = memory.peaks["setup"]
-    with tempfile.TemporaryDirectory() as out, memory.watching():
+    imported = recorder.peaks["setup"]
+    with tempfile.TemporaryDirectory() as out, recorder.watching():
         start = time.perf_counter()
-        profiler.enable()
         results = run_experiment(config, f"{out}/run", progress=False)
-        profiler.disable()
         total = time.perf_counter() - start
     timing = results["timing"]
     scaled = "" if scale == 1.0 else f", samples per class x {scale:g}"
     print(f"\n{size}-sized stream: {SIZES[size]['n_classes']} classes, 10 experiences, "
           f"{epochs} epochs + {finetune_epochs} finetuning, M = 20, per_image evaluation{scaled}")
-    print(f"  torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"  threads: {threads} -> " + ", ".join(
+        f"{name} {'/'.join(map(str, sorted(n)))}" for name, n in recorder.threads.items())
+        + f"; load average {os.getloadavg()[0]:.2f} at the end")
     print(f"  total {total:7.1f} s   generate/load {timing['extract']:6.1f} s   "
           f"train {timing['train']:7.1f} s   evaluate {timing['eval']:6.1f} s")
     print(f"  peak memory {peak_memory_gib():.2f} GiB (goal <= 2 GiB)   "
           f"last accuracy {100 * results['last_accuracy']:.2f}   "
           f"novelty AUROC (energy, mean) {100 * results['novelty_mean']['energy']['auroc']:.2f}")
     print(f"  resident memory high-water marks: after imports {imported:.2f} GiB, "
-          + ", ".join(f"{name} {gib:.2f} GiB" for name, gib in memory.peaks.items()
+          + ", ".join(f"{name} {gib:.2f} GiB" for name, gib in recorder.peaks.items()
                       if name != "setup"))
-    print(f"  profile, top {top} by own time:")
-    for line in profile_top(profiler, top):
-        print("   ", line[:150])
+    for name in ("train", "eval"):
+        print(f"  {name} profile, top {top} by own time:")
+        for line in profile_top(recorder.profiles[name], top):
+            print("   ", line[:150])
     return {"total": total, "extract": timing["extract"], "train": timing["train"],
             "eval": timing["eval"], "peak_gib": peak_memory_gib(),
             "last_accuracy": results["last_accuracy"]}
@@ -158,7 +176,8 @@ def main() -> None:
     parser.add_argument("--size", default="both", choices=("cifar100", "imagenet_r", "both"))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="auto",
+                        help="the run's threads setting: auto (its policy, the default) or a number")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply the samples per class (classes and shapes stay)")
@@ -172,8 +191,9 @@ def main() -> None:
         for size in sizes:
             compare(size, args)
         return
-    torch.set_num_threads(args.threads)
-    figures = {size: bench(size, args.epochs, args.finetune_epochs, args.top, args.scale)
+    threads = args.threads if args.threads == "auto" else int(args.threads)
+    print(header())
+    figures = {size: bench(size, args.epochs, args.finetune_epochs, args.top, args.scale, threads)
                for size in sizes}
     if args.json:
         with open(args.json, "w") as fh:

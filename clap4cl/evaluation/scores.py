@@ -83,12 +83,20 @@ NOVELTY_SCORES = {
 }
 
 
+# Inputs scored at a time: each score is per input, and a step's (N, M, C) logits in
+# float64 with their softmax would otherwise be several times the logits' size.
+SCORE_CHUNK_ROWS = 1024
+
+
 def novelty_score(name: str, logits) -> torch.Tensor:
     """The in-distribution score ``name`` of NOVELTY_SCORES (higher = more in-distribution)."""
     if name not in NOVELTY_SCORES:
         raise ValueError(f"unknown novelty score {name!r}: choose one of {', '.join(NOVELTY_SCORES)}")
     sign, fn = NOVELTY_SCORES[name]
-    return sign * fn(logits)
+    logits = torch.as_tensor(logits)
+    if len(logits) <= SCORE_CHUNK_ROWS:
+        return sign * fn(logits)
+    return torch.cat([sign * fn(part) for part in logits.split(SCORE_CHUNK_ROWS)])
 
 
 @torch.no_grad()

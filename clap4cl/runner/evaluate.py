@@ -188,15 +188,14 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
                       "roc": None, "roc_external": None},
     }
     if with_novelty:
-        novel_samples = np.concatenate([l for l, _ in novel])
-        out["novelty"] = novelty_entry(step, seen_samples, novel_samples)
-        out["plot_data"]["roc"] = roc_curves(seen_samples, novel_samples)
+        out["plot_data"]["roc"] = roc_curves(seen_samples, np.concatenate([l for l, _ in novel]))
+        out["novelty"] = novelty_entry(step, out["plot_data"]["roc"])
     if external_ood is not None:
         (ood_samples, _), = predict_logits(model, [external_ood], batch_size, device,
                                            generators=[generator(scores.EXTERNAL)],
                                            n_samples=n_samples)
-        out["novelty_external"] = novelty_entry(step, seen_samples, ood_samples)
         out["plot_data"]["roc_external"] = roc_curves(seen_samples, ood_samples)
+        out["novelty_external"] = novelty_entry(step, out["plot_data"]["roc_external"])
     out["reliability"] = reliability_entry(model, test_stream, step, config, device,
                                            generator(scores.RELIABILITY))
     return out
@@ -232,7 +231,9 @@ def reliability_entry(model, test_stream, step: int, config, device,
     return entry
 
 
-def novelty_entry(step: int, id_samples: np.ndarray, ood_samples: np.ndarray) -> Dict[str, Any]:
-    """Energy metrics at the top level (the paper's score) and every score under ``scores``."""
-    scores = metrics.novelty_scores_metrics(id_samples, ood_samples)
-    return {"step": step, "score": "energy", **scores["energy"], "scores": scores}
+def novelty_entry(step: int, curves) -> Dict[str, Any]:
+    """Energy metrics at the top level (the paper's score) and every score under ``scores``,
+    from :func:`roc_curves`' score arrays (each score is computed once per step)."""
+    entries = {name: metrics.novelty_metrics(id_scores, ood_scores)
+               for name, (id_scores, ood_scores) in curves.items()}
+    return {"step": step, "score": "energy", **entries["energy"], "scores": entries}

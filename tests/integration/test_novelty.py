@@ -21,7 +21,7 @@ def config_with(**overrides):
 
 def test_novel_data_is_exactly_the_future_classes_at_each_step(tmp_path, monkeypatch):
     calls = []
-    real_metrics = metrics.novelty_scores_metrics
+    real_curves = evaluate.roc_curves
     real_predict = evaluate.predict_logits
 
     def recording_predict(model, datasets, *args, **kwargs):
@@ -29,12 +29,12 @@ def test_novel_data_is_exactly_the_future_classes_at_each_step(tmp_path, monkeyp
         calls.append(("novel", sorted({int(t) for _, y in out for t in y})))
         return out
 
-    def recording_metrics(id_samples, ood_samples):
+    def recording_curves(id_samples, ood_samples):
         calls.append(("sizes", (len(id_samples), len(ood_samples))))
-        return real_metrics(id_samples, ood_samples)
+        return real_curves(id_samples, ood_samples)
 
     monkeypatch.setattr(evaluate, "predict_logits", recording_predict)
-    monkeypatch.setattr(metrics, "novelty_scores_metrics", recording_metrics)
+    monkeypatch.setattr(evaluate, "roc_curves", recording_curves)
     results = experiment.run_experiment(config_with(method="zeroshot"), tmp_path / "run", progress=False)
     seen_per_step = [cls for cls in results["classes_per_experience"]]
     novel_calls = [c for kind, c in calls if kind == "novel" and c]

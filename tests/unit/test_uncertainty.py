@@ -99,6 +99,16 @@ def mc_logits():
     return torch.randn(7, 4, 3, generator=torch.Generator().manual_seed(0)) * 2
 
 
+def test_novelty_scores_of_many_inputs_are_computed_in_chunks_with_the_same_values(monkeypatch):
+    logits = torch.randn(50, 7, 5, generator=torch.Generator().manual_seed(0)).numpy()
+    whole = {name: uncertainty.novelty_score(name, logits) for name in uncertainty.NOVELTY_SCORES}
+    monkeypatch.setattr(uncertainty, "SCORE_CHUNK_ROWS", 8)          # 7 chunks, the last short
+    for name in uncertainty.NOVELTY_SCORES:
+        chunked = uncertainty.novelty_score(name, logits)
+        assert chunked.shape == (50,)
+        assert torch.allclose(chunked, whole[name], rtol=0, atol=1e-12), name
+
+
 @pytest.mark.parametrize("name, score, descending", [
     ("entropy", uncertainty.entropy, True),
     ("energy", uncertainty.energy, False),
