@@ -24,7 +24,8 @@ from clap4cl.runner.inputs import (SYNTHETIC_LOGIT_SCALE, build_benchmark, cache
 from clap4cl.runner.logs import (RunProgress, log_step_scalars, make_evaluator, tensorboard_logger,
                                  write_plots)
 from clap4cl.runner.results import Timer, summarise
-from clap4cl.runner.threads import phase_threads, run_heads_are_heavy, single_interop_thread
+from clap4cl.runner.threads import (phase_threads, run_eval_is_heavy, run_training_is_heavy,
+                                    single_interop_thread)
 from clap4cl.runner.torchrun import run_seed, start_distributed
 from clap4cl.runner.rundir import (check_run_dir, record_changes, release_freed_memory,
                                    restore_results, resume, save_run_checkpoint,
@@ -64,7 +65,8 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         backbone = load_backbone(config)
         benchmark = build_benchmark(config, backbone, cache, progress)
         text = stream_text_features(config, benchmark, backbone, cache)
-    heavy = run_heads_are_heavy(config, len(benchmark.class_names), text)
+    heavy = run_training_is_heavy(config, len(benchmark.class_names), text)
+    heavy_eval = run_eval_is_heavy(config, len(benchmark.class_names), text)
     logit_scale = backbone.logit_scale if backbone is not None else SYNTHETIC_LOGIT_SCALE
     # Seeded after extraction, so results do not depend on whether the cache was warm.
     RNGManager.set_random_seeds(seed)
@@ -96,7 +98,7 @@ def run_experiment(config: Dict[str, Any], output, *, progress: Optional[bool] =
         if not main:
             continue
         bar.start(step, "eval")
-        with timer.phase("eval"), phase_threads("eval", threads, heavy=heavy):
+        with timer.phase("eval"), phase_threads("eval", threads, heavy=heavy_eval):
             evaluated = evaluate_step(strategy, collector, benchmark, step, config, seed,
                                       external_ood)
         release_freed_memory()

@@ -10,8 +10,9 @@ The rule (``threads: auto``):
 - a user who chose already wins: if ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set, or
   ``torch.set_num_threads`` was called before the run, nothing is changed;
 - extraction (the frozen image encoder over raw images) uses every core torch would use;
-- training and evaluation on cached features use one thread, or two when a step's head
-  work is large (``heavy_heads``) and the machine is not busy (load below the core count);
+- training and evaluation on cached features use one thread, or two when a step's work
+  is large (``heavy_heads``) and at least 1.5 cores sat idle over 0.1 s at the start of
+  the phase (``idle_cores``; the run's own threads do not count);
 - inter-op parallelism is one thread (nothing in a run has independent operators to overlap).
 
 ``threads: <n>`` uses ``n`` threads in every phase.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Iterator, Optional, Union
 
 from clap4cl.runner.assemble import TRAINING_SECTION
@@ -28,6 +30,12 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 PHASES = ("extract", "train", "eval")
 # Per-step multiply-accumulates (batch x classes x width^2) above which a second thread pays off.
 HEAVY_HEAD_MACS = 2e9
+# Multiply-accumulates of CLAP's VGA per training step or evaluation batch above which a
+# second thread pays off: 1.2-1.5x per training step from 2e8 on, 1.6-2x per per-image
+# evaluation batch (docs/benchmarks.md, "Threads").
+HEAVY_VGA_MACS = 2e8
+# Idle cores (see idle_cores) a heavy phase needs before it takes a second thread.
+IDLE_FOR_TWO = 1.5
 
 _torch_default: Optional[int] = None
 
@@ -55,11 +63,32 @@ def heavy_heads(batch_size: int, n_classes: int, width: int) -> bool:
     return batch_size * n_classes * width * width >= HEAVY_HEAD_MACS
 
 
-def run_heads_are_heavy(config, n_classes: int, text_features) -> bool:
-    """``heavy_heads`` for a run: its method's batch size, the stream's classes, the text width."""
+def run_training_is_heavy(config, n_classes: int, text_features) -> bool:
+    """Whether one training step is large enough for a second thread: its heads' work
+    (``heavy_heads``) or, for CLAP, the VGA's forward and backward pass over the classes
+    with the batch as context, 3 x classes x width x (2 feed-forward widths + 4 widths)."""
     section = TRAINING_SECTION.get(config["method"])
     batch = config[section]["batch_size"] if section else 0
     width = text_features.mean.shape[-1] if text_features is not None else 0
+    if section == "clap" and config["clap"]["vga"]:
+        ffn = config["clap"]["vga_ffn_dim"]
+        if 3 * n_classes * width * (2 * ffn + 4 * width) >= HEAVY_VGA_MACS:
+            return True
+    return heavy_heads(batch, n_classes, width)
+
+
+def run_eval_is_heavy(config, n_classes: int, text_features) -> bool:
+    """Whether one evaluation batch is large enough for a second thread. CLAP's heads and
+    VGA run per (image, class) pair with the ``per_image`` context, (batch x classes x
+    width x (VGA feed-forward width + 2 widths)) multiply-accumulates, and per class with
+    the batch as context (small); other methods do a head's work per image."""
+    width = text_features.mean.shape[-1] if text_features is not None else 0
+    batch = config["eval"]["batch_size"]
+    if TRAINING_SECTION.get(config["method"]) == "clap":
+        if config["eval"]["context"] != "per_image":
+            return False
+        ffn = config["clap"]["vga_ffn_dim"] if config["clap"]["vga"] else 0
+        return batch * n_classes * width * (ffn + 2 * width) >= HEAVY_VGA_MACS
     return heavy_heads(batch, n_classes, width)
 
 
@@ -75,8 +104,10 @@ def threads_for(phase: str, setting: Union[str, int], *, heavy: bool = False,
     cores = cores if cores is not None else _torch_default_or_cores()
     if phase == "extract":
         return cores
-    load = load if load is not None else _load_average()
-    return 2 if heavy and cores >= 2 and load < cores else 1
+    if not heavy or cores < 2:
+        return 1
+    free = idle_cores() if load is None else max(0.0, cores - load)
+    return 2 if free is not None and free >= IDLE_FOR_TWO else 1
 
 
 @contextlib.contextmanager
@@ -122,8 +153,30 @@ def _torch_default_or_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _load_average() -> float:
+def idle_cores(interval: float = 0.1) -> Optional[float]:
+    """How many cores no process used during the next ``interval`` seconds (Linux
+    /proc/stat; the load average instead elsewhere). Measured at the start of a phase,
+    while the run itself waits, so the run's own threads do not count as load, as
+    they would in the one-minute load average."""
     try:
-        return os.getloadavg()[0]
-    except OSError:
-        return 0.0
+        before = _cpu_times()
+        time.sleep(interval)
+        after = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        try:
+            return max(0.0, _cpus() - os.getloadavg()[0])
+        except OSError:
+            return None
+    idle, total = (a - b for a, b in zip(after, before))
+    return _cpus() * idle / total if total > 0 else None
+
+
+def _cpu_times():
+    """(idle, total) clock ticks of all CPUs since boot, from /proc/stat's first line."""
+    with open("/proc/stat") as fh:
+        ticks = [int(v) for v in fh.readline().split()[1:9]]   # user .. steal
+    return ticks[3] + ticks[4], sum(ticks)                     # idle + iowait
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1

@@ -54,6 +54,27 @@ def test_auto_uses_all_cores_to_extract_and_one_thread_on_small_heads(monkeypatc
     assert threads.threads_for("train", "auto", heavy=True, cores=1, load=0.0) == 1
 
 
+def test_auto_gives_heavy_phases_two_threads_only_when_cores_sit_idle(monkeypatch):
+    monkeypatch.setattr(threads, "_torch_default", torch.get_num_threads())
+    monkeypatch.setattr(threads, "idle_cores", lambda: 1.9)
+    assert threads.threads_for("eval", "auto", heavy=True, cores=2) == 2
+    assert threads.threads_for("eval", "auto", heavy=False, cores=2) == 1
+    monkeypatch.setattr(threads, "idle_cores", lambda: 0.8)           # one core taken by others
+    assert threads.threads_for("train", "auto", heavy=True, cores=2) == 1
+    monkeypatch.setattr(threads, "idle_cores", lambda: None)          # cannot tell: stay small
+    assert threads.threads_for("train", "auto", heavy=True, cores=2) == 1
+
+
+def test_idle_cores_counts_the_idle_share_of_all_cpu_ticks(monkeypatch):
+    ticks = iter([(100, 1000), (130, 1100)])                  # 30 of 100 ticks idle
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(ticks))
+    monkeypatch.setattr(threads, "_cpus", lambda: 4)
+    assert threads.idle_cores(interval=0) == pytest.approx(1.2)
+    monkeypatch.undo()
+    real = threads.idle_cores(interval=0.05)                  # this machine, whatever its load
+    assert real is None or 0.0 <= real <= threads._cpus()
+
+
 def test_heavy_heads_threshold():
     assert not threads.heavy_heads(32, 100, 512)           # CLAP at CIFAR-100, ViT-B: 8.4e8 MACs
     assert threads.heavy_heads(256, 200, 1024)             # 5.4e10 MACs
@@ -108,9 +129,31 @@ def test_a_run_trains_and_evaluates_with_the_policy_count(tmp_path, monkeypatch)
 def test_heavy_heads_read_the_batch_size_the_method_trains_with(method, section):
     from types import SimpleNamespace
 
-    config = load_config(None, [f"method={method}", f"{section}.batch_size=4096"])
+    config = load_config(None, [f"method={method}", f"{section}.batch_size=4096", "clap.vga=false"])
     text = SimpleNamespace(mean=torch.zeros(100, 512))
-    assert threads.run_heads_are_heavy(config, 100, text)       # 4096·100·512² ≈ 1.1e11 MACs
+    assert threads.run_training_is_heavy(config, 100, text)       # 4096·100·512² ≈ 1.1e11 MACs
     config[section]["batch_size"] = 1
-    assert not threads.run_heads_are_heavy(config, 100, text)
-    assert not threads.run_heads_are_heavy(load_config(None, ["method=zeroshot"]), 100, text)
+    assert not threads.run_training_is_heavy(config, 100, text)
+    assert not threads.run_training_is_heavy(load_config(None, ["method=zeroshot"]), 100, text)
+
+
+def test_per_image_evaluation_of_clap_counts_the_vga_work_per_image_class_pair():
+    from types import SimpleNamespace
+
+    text = SimpleNamespace(mean=torch.zeros(100, 512))
+    config = load_config(None, ["method=clap", "eval.context=per_image", "eval.batch_size=128"])
+    assert threads.run_eval_is_heavy(config, 100, text)         # 128·100·512·3072 ≈ 2e10
+    config["eval"]["context"] = "reference"                     # the batch is one context
+    assert not threads.run_eval_is_heavy(config, 100, text)
+    small = load_config(None, ["method=clap", "eval.context=per_image", "eval.batch_size=8"])
+    assert not threads.run_eval_is_heavy(small, 10, SimpleNamespace(mean=torch.zeros(10, 64)))
+
+
+def test_clap_training_counts_the_vga_pass_over_the_classes():
+    from types import SimpleNamespace
+
+    config = load_config(None, ["method=clap"])                 # batch 32: small heads work
+    assert threads.run_training_is_heavy(config, 100, SimpleNamespace(mean=torch.zeros(100, 512)))
+    assert not threads.run_training_is_heavy(config, 10, SimpleNamespace(mean=torch.zeros(10, 128)))
+    config["clap"]["vga"] = False
+    assert not threads.run_training_is_heavy(config, 100, SimpleNamespace(mean=torch.zeros(100, 512)))
