@@ -7,7 +7,9 @@ with seen-class-only model outputs (timings left out). The clap and clip_adapter
 were re-recorded when evaluation stopped drawing from the global RNG (see
 docs/metrics-and-novelty.md, "Reproducible evaluation"): training's random stream no
 longer shifts with every evaluation, so their numbers moved by design. With evaluation
-patched back to the global RNG the merged code reproduced the old entries exactly."""
+patched back to the global RNG the merged code reproduced the old entries exactly. Since
+per-image evaluation runs in chunks and skips work that does not depend on the image
+(docs/benchmarks.md, "The full protocol"), the numbers agree to fp32 rounding (1e-6)."""
 import json
 import math
 from pathlib import Path
@@ -60,7 +62,8 @@ def test_results_json_is_unchanged_by_full_stream_logits(method, tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     results.pop("timing")
     assert results["novelty"] and results["accuracy_matrix"][0][1] is None
-    assert differences(PINNED[method], results) == []
+    # fp32 rounding: evaluation shortcuts (docs/benchmarks.md) reorder float32 sums.
+    assert differences(PINNED[method], results, tolerance=(1e-6, 1e-6)) == []
 
 
 def test_clap_results_survive_per_image_evaluation_in_chunks(monkeypatch, tmp_path):

@@ -446,16 +446,18 @@ def test_test_stream_experiences_never_add_classes_even_in_train_mode():
     assert model.task_sizes == [2, 3]
 
 
-@pytest.mark.parametrize("variational, n_samples, guidance",
-                         [(True, None, True), (True, 0, True), (False, None, True), (True, 3, False)])
+@pytest.mark.parametrize("variational, n_samples, present",
+                         [(True, None, None), (True, 0, None), (False, None, None),
+                          (True, 3, (True, False)), (True, None, (False, True)), (False, None, (False, False))])
 def test_per_image_evaluation_in_chunks_equals_the_whole_batch(monkeypatch, variational, n_samples,
-                                                               guidance):
+                                                               present):
+    """Also without guidance (heads once on t) and without the image (one null-image row)."""
     import clap4cl.models.clap.model as clap_model
 
     model = grown_model(eval_context="per_image", mc_samples=4, variational=variational)
     model.set_null_image(torch.randn(DIM))
     x = torch.randn(7, DIM)
-    present = None if guidance else torch.tensor([[True, False]]).expand(7, 2)
+    present = None if present is None else torch.tensor([present]).expand(7, 2)
     torch.manual_seed(3)
     whole = model.forward_samples(x, n_samples, present=present)      # autograd on: one pass
     next_draw_whole = torch.randn(())

@@ -33,7 +33,7 @@ from clap4cl.models.masking import (MaskedLogitsMixin, learns_classes_from, new_
 from clap4cl.models.multimodal import MultimodalModule
 
 
-# Image-class pairs per chunk of per-image evaluation (see ClapModel._sample_in_chunks).
+# Image-class pairs per chunk of per-image evaluation (see ClapModel._sample_per_image).
 EVAL_CHUNK_PAIRS = 2048
 
 
@@ -42,6 +42,19 @@ def _normal(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor
     if generator is None:
         return torch.randn(shape, device=device)
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def _per_image_view(out: "ClapOutput", batch: int) -> "ClapOutput":
+    """``out`` with class-level μ, σ (C, D) shown per image, (B, C, D) (views)."""
+    per_image = lambda x: None if x is None else x.expand(batch, -1, -1)  # noqa: E731
+    return ClapOutput(out.logits, per_image(out.mu), per_image(out.sigma), out.eps_mean)
+
+
+def _repeated(out: "ClapOutput", batch: int) -> "ClapOutput":
+    """A one-image ``out`` repeated for ``batch`` identical images."""
+    sigma = None if out.sigma is None else out.sigma.expand(batch, -1, -1)
+    return ClapOutput(out.logits.expand(-1, batch, -1).contiguous(), out.mu.expand(batch, -1, -1),
+                      sigma, out.eps_mean)
 
 
 @dataclass
@@ -253,7 +266,7 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
         context = context or self.current_context()
         m = self.mc_samples if n_samples is None else int(n_samples)
         if context == "per_image" and not (self.training or torch.is_grad_enabled()):
-            return self._sample_in_chunks(images, guidance, m, generator)
+            return self._sample_per_image(images, guidance, m, generator)
         h = self.refined_text(images, context, guidance)
         mu, sigma = self.heads(h)
         eps = None
@@ -267,33 +280,38 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
             return ClapOutput(base[None], mu, None, None)
         return ClapOutput(base[None] + self._noise_scores(images, sigma, eps), mu, sigma, eps.mean(0))
 
-    def _sample_in_chunks(self, images, guidance, m, generator) -> ClapOutput:
-        """Per-image evaluation (no autograd, nothing random but ε) a few images at a
-        time: every image is its own context, so chunks give the same numbers, while the
-        (images × classes, VGA width) intermediates stay small enough for the CPU caches
-        (docs/benchmarks.md, "The full protocol")."""
-        n_classes = self.n_seen_classes
+    def _sample_per_image(self, images, guidance, m, generator) -> ClapOutput:
+        """Per-image evaluation without autograd (nothing random but ε, drawn once), done
+        once where the images do not matter: without guidance h = t for every image, so
+        the heads run once on (C, D); when every row is the same tensor (the null image
+        of a removed image is an expanded view) one row is computed and repeated.
+        Otherwise a few images at a time: each image is its own context, so chunks give
+        the same numbers while the (images × classes, VGA width) intermediates stay small
+        enough for the CPU caches (docs/benchmarks.md, "The full protocol")."""
+        n_classes, batch = self.n_seen_classes, images.shape[0]
         t = self.class_features[:n_classes]
-        if self.vga is not None and guidance:
-            attend = self.vga.per_image(t, self.task_of_class())
-
-            def refine(chunk):
-                return t + attend(chunk)
-        else:
-            def refine(chunk):
-                return t.expand(chunk.shape[0], -1, -1)
         eps = None
         if self.variational and m:
             eps = _normal((m, n_classes, self.dim), t.device, generator)    # (M, C, D)
-        outputs = []
-        for chunk in images.split(max(1, EVAL_CHUNK_PAIRS // n_classes)):
-            h = refine(chunk)
-            outputs.append(self._output(chunk, h, *self.heads(h), eps))
+        if self.vga is None or not guidance:
+            out = self._output(images, t, *self.heads(t), eps)
+            return _per_image_view(out, batch)
+        attend = self.vga.per_image(t, self.task_of_class())
+        if batch > 1 and images.stride(0) == 0:                            # identical rows
+            return _repeated(self._output(images[:1], *self._refined_heads(t, attend, images[:1]),
+                                          eps), batch)
+        outputs = [self._output(chunk, *self._refined_heads(t, attend, chunk), eps)
+                   for chunk in images.split(max(1, EVAL_CHUNK_PAIRS // n_classes))]
         if len(outputs) == 1:
             return outputs[0]
         sigma = None if eps is None else torch.cat([o.sigma for o in outputs])
         return ClapOutput(torch.cat([o.logits for o in outputs], 1),
                           torch.cat([o.mu for o in outputs]), sigma, outputs[0].eps_mean)
+
+    def _refined_heads(self, t, attend, images):
+        """(h, μ, σ) per image of ``images`` with h = t + VGA."""
+        h = t + attend(images)
+        return (h, *self.heads(h))
 
     def head(self, feats, present: Optional[torch.Tensor] = None, *,
              mc_samples: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
