@@ -91,7 +91,8 @@ def test_ctrl_c_leaves_a_resumable_run_directory(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and b"run the same command again to resume" in err
+    assert proc.returncode == 130 and b"run the same command again to resume" in err, \
+        (proc.returncode, completed(tmp_path / "run"), err.decode(errors="replace")[-2000:])
     assert main(["run", "--quiet", "--output", str(tmp_path / "run"), *ARGS]) == 0
     assert completed(tmp_path / "run") == 4
 
