@@ -69,7 +69,7 @@ def run_training_is_heavy(config, n_classes: int, text_features) -> bool:
     with the batch as context, 3 x classes x width x (2 feed-forward widths + 4 widths)."""
     section = TRAINING_SECTION.get(config["method"])
     batch = config[section]["batch_size"] if section else 0
-    width = text_features.mean.shape[-1] if text_features is not None else 0
+    width = _width(text_features)
     if section == "clap" and config["clap"]["vga"]:
         ffn = config["clap"]["vga_ffn_dim"]
         if 3 * n_classes * width * (2 * ffn + 4 * width) >= HEAVY_VGA_MACS:
@@ -82,7 +82,7 @@ def run_eval_is_heavy(config, n_classes: int, text_features) -> bool:
     VGA run per (image, class) pair with the ``per_image`` context, (batch x classes x
     width x (VGA feed-forward width + 2 widths)) multiply-accumulates, and per class with
     the batch as context (small); other methods do a head's work per image."""
-    width = text_features.mean.shape[-1] if text_features is not None else 0
+    width = _width(text_features)
     batch = config["eval"]["batch_size"]
     if TRAINING_SECTION.get(config["method"]) == "clap":
         if config["eval"]["context"] != "per_image":
@@ -90,6 +90,10 @@ def run_eval_is_heavy(config, n_classes: int, text_features) -> bool:
         ffn = config["clap"]["vga_ffn_dim"] if config["clap"]["vga"] else 0
         return batch * n_classes * width * (ffn + 2 * width) >= HEAVY_VGA_MACS
     return heavy_heads(batch, n_classes, width)
+
+
+def _width(text_features) -> int:
+    return text_features.mean.shape[-1] if text_features is not None else 0
 
 
 def threads_for(phase: str, setting: Union[str, int], *, heavy: bool = False,

@@ -44,17 +44,12 @@ def _normal(shape, device, generator: Optional[torch.Generator]) -> torch.Tensor
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
 
 
-def _per_image_view(out: "ClapOutput", batch: int) -> "ClapOutput":
-    """``out`` with class-level μ, σ (C, D) shown per image, (B, C, D) (views)."""
-    per_image = lambda x: None if x is None else x.expand(batch, -1, -1)  # noqa: E731
-    return ClapOutput(out.logits, per_image(out.mu), per_image(out.sigma), out.eps_mean)
-
-
-def _repeated(out: "ClapOutput", batch: int) -> "ClapOutput":
-    """A one-image ``out`` repeated for ``batch`` identical images."""
-    sigma = None if out.sigma is None else out.sigma.expand(batch, -1, -1)
-    return ClapOutput(out.logits.expand(-1, batch, -1).contiguous(), out.mu.expand(batch, -1, -1),
-                      sigma, out.eps_mean)
+def _for_batch(out: "ClapOutput", batch: int) -> "ClapOutput":
+    """``out`` of class-level μ, σ ((C, D) or one image's (1, C, D)) and, for one image,
+    logits (M, 1, C), shown for ``batch`` images that all give the same result."""
+    expand = lambda x: None if x is None else x.expand(batch, -1, -1)  # noqa: E731
+    return ClapOutput(out.logits.expand(-1, batch, -1).contiguous(), expand(out.mu),
+                      expand(out.sigma), out.eps_mean)
 
 
 @dataclass
@@ -295,10 +290,10 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
             eps = _normal((m, n_classes, self.dim), t.device, generator)    # (M, C, D)
         if self.vga is None or not guidance:
             out = self._output(images, t, *self.heads(t), eps)
-            return _per_image_view(out, batch)
+            return _for_batch(out, batch)
         attend = self.vga.per_image(t, self.task_of_class())
         if batch > 1 and images.stride(0) == 0:                            # identical rows
-            return _repeated(self._output(images[:1], *self._refined_heads(t, attend, images[:1]),
+            return _for_batch(self._output(images[:1], *self._refined_heads(t, attend, images[:1]),
                                           eps), batch)
         outputs = [self._output(chunk, *self._refined_heads(t, attend, chunk), eps)
                    for chunk in images.split(max(1, EVAL_CHUNK_PAIRS // n_classes))]
