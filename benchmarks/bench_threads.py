@@ -15,41 +15,23 @@ import time
 
 import torch
 
-from clap4cl.encoders.text_features import ClassTextFeatures
+from bench_clap import grown_model, steps_per_second
 from clap4cl.models.clap import ClapModel
 from machine import header
-from strategies.clap import clap_loss
 
 
 def build(n_classes: int, dim: int, per_task: int = 10) -> ClapModel:
     torch.manual_seed(0)
-    text = ClassTextFeatures.from_per_template(torch.randn(n_classes, 4, dim),
-                                               [f"c{i}" for i in range(n_classes)])
-    model = ClapModel(text, 100.0)
-    for k in range(n_classes // per_task):
-        model.add_task(range(k * per_task, (k + 1) * per_task))
+    model = grown_model(n_classes // per_task, per_task, dim, "per_image")
+    model.heads.set_trainable([model.heads.n_tasks - 1])      # the main phase: newest head
     return model
 
 
 def train_step_seconds(model: ClapModel, batch: int = 32, steps: int = 10) -> float:
-    newest = model.heads.n_tasks - 1
-    model.heads.set_trainable([newest])
-    model.train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    x = torch.nn.functional.normalize(torch.randn(batch, model.dim), dim=-1)
+    x = torch.randn(batch, model.dim)
     y = torch.randint(0, model.n_seen_classes, (batch,))
-
-    def step():
-        loss = clap_loss(model, model.sample(x), y, [newest], beta=15.0, kl_weight=1e-3)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    steps_per_second(model, x, y, 1)                          # warm-up
+    return 1 / steps_per_second(model, x, y, steps)
 
 
 @torch.no_grad()
