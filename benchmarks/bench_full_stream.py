@@ -17,7 +17,11 @@ tree (e.g. a ``git worktree`` of an older commit) and with this one, each in a f
 process, and prints the ratios per phase and of peak memory.
 
     python benchmarks/bench_full_stream.py [--size cifar100|imagenet_r|both] [--epochs 5]
-        [--threads auto] [--scale 1.0] [--against TREE] [--repeats 1]
+        [--threads auto] [--scale 1.0] [--against TREE] [--repeats 1] [--count-flops]
+
+``--count-flops`` counts the floating-point operations of every matrix product of the
+training and the evaluation phase and prints the time they need at the machine's peak
+product rate: the floor below which no schedule of the same arithmetic can go.
 
 The run's own thread policy applies (``threads: auto``) unless ``--threads N`` is given;
 the output names the thread counts each phase used, the machine and the load.
@@ -52,6 +56,7 @@ SIZES = {
     "imagenet_r": dict(n_classes=200, train_per_class=120, test_per_class=30,
                        memory={"memory.policy": "per_class", "memory.per_class": 20}),
 }
+TIME_GOALS = {"cifar100": 270}   # seconds, per-image evaluation, 2 idle cores
 
 
 def config_for(size: str, epochs: int, finetune_epochs: int, scale: float = 1.0, threads="auto"):
@@ -83,10 +88,13 @@ def resident_gib() -> float:
 class PhaseRecorder:
     """Per phase of the run (extract = generating the stream, train, eval): the
     resident-memory high-water mark (sampled every 20 ms), the intra-op thread counts the
-    run's thread policy chose, and a cProfile profile of that phase alone."""
+    run's thread policy chose, and a cProfile profile of that phase alone; with
+    ``count_flops`` also the floating-point operations of its matrix products (counted
+    by ``torch.utils.flop_counter``, which slows the run down: its times are not kept)."""
 
-    def __init__(self):
-        self.peaks, self.threads, self.profiles = {}, {}, {}
+    def __init__(self, count_flops: bool = False):
+        self.peaks, self.threads, self.profiles, self.flops = {}, {}, {}, {}
+        self.count_flops = count_flops
         self.phase = "setup"
         threading.Thread(target=self._sample, daemon=True).start()
 
@@ -106,7 +114,7 @@ class PhaseRecorder:
             recorder.phase = name
             profiler = recorder.profiles.setdefault(name, cProfile.Profile())
             try:
-                with original_phase(timer, name):
+                with original_phase(timer, name), recorder._flop_counter(name):
                     profiler.enable()
                     try:
                         yield
@@ -127,11 +135,59 @@ class PhaseRecorder:
         finally:
             run_results.Timer.phase, experiment.phase_threads = original_phase, original_threads
 
+    @contextlib.contextmanager
+    def _flop_counter(self, name):
+        if not self.count_flops:
+            yield
+            return
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            yield
+        self.flops[name] = self.flops.get(name, 0) + counter.get_total_flops()
+
+
+def matmul_peak_gflops(threads: int, rows: int = 2048, width: int = 512, ffn: int = 2048) -> float:
+    """The best of 20 fp32 products (rows, width) @ (width, ffn) at ``threads`` intra-op
+    threads, in GFLOP/s: the shape of the VGA's feed-forward layers, the run's largest."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(rows, width), torch.randn(width, ffn)
+        for _ in range(3):
+            a @ b
+        best = float("inf")
+        for _ in range(20):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * rows * width * ffn / best / 1e9
+
+
+def print_arithmetic_floor(recorder: PhaseRecorder, size: str) -> None:
+    """Seconds the counted matrix products of training and evaluation need at the
+    machine's peak product rate, against the time goal of the protocol."""
+    floors = {}
+    for name in ("train", "eval"):
+        threads = max(recorder.threads.get(name, {torch.get_num_threads()}))
+        rate = matmul_peak_gflops(threads)
+        floors[name] = recorder.flops.get(name, 0) / rate / 1e9
+        print(f"  {name}: {recorder.flops.get(name, 0) / 1e12:8.2f} TFLOP of matrix products; "
+              f"at the peak rate of {rate:.0f} GFLOP/s ({threads} threads) >= {floors[name]:6.1f} s")
+    goal = TIME_GOALS.get(size)
+    total = sum(floors.values())
+    verdict = "" if goal is None else (f" (goal {goal} s: " + ("reachable in arithmetic)" if total < goal
+                                       else f"below the arithmetic by {total / goal:.2f}x)"))
+    print(f"  arithmetic floor of training + evaluation >= {total:.1f} s{verdict}; "
+          "the times of this run are not shown: counting slows it down")
+
 
 def bench(size: str, epochs: int, finetune_epochs: int, top: int, scale: float = 1.0,
-          threads="auto") -> dict:
+          threads="auto", count_flops: bool = False) -> dict:
     config = config_for(size, epochs, finetune_epochs, scale, threads)
-    recorder = PhaseRecorder()
+    recorder = PhaseRecorder(count_flops)
     time.sleep(0.1)
     imported = recorder.peaks["setup"]
     with tempfile.TemporaryDirectory() as out, recorder.watching():
@@ -142,10 +198,16 @@ def bench(size: str, epochs: int, finetune_epochs: int, top: int, scale: float =
     scaled = "" if scale == 1.0 else f", samples per class x {scale:g}"
     print(f"\n{size}-sized stream: {SIZES[size]['n_classes']} classes, 10 experiences, "
           f"{epochs} epochs + {finetune_epochs} finetuning, M = 20, per_image evaluation{scaled}")
+    if count_flops:
+        print_arithmetic_floor(recorder, size if scale == 1.0 else None)
+        return {}
     print(f"  threads: {threads} -> " + ", ".join(
         f"{name} {'/'.join(map(str, sorted(n)))}" for name, n in recorder.threads.items())
         + f"; load average {os.getloadavg()[0]:.2f} at the end")
-    print(f"  total {total:7.1f} s   generate/load {timing['extract']:6.1f} s   "
+    goal = TIME_GOALS.get(size) if scale == 1.0 else None
+    verdict = "" if goal is None else (f"   (goal <= {goal} s: " + ("met)" if total <= goal
+                                       else f"missed by {total / goal:.2f}x)"))
+    print(f"  total {total:7.1f} s{verdict}\n  generate/load {timing['extract']:6.1f} s   "
           f"train {timing['train']:7.1f} s   evaluate {timing['eval']:6.1f} s")
     print(f"  peak memory {peak_memory_gib():.2f} GiB (goal <= 2 GiB)   "
           f"last accuracy {100 * results['last_accuracy']:.2f}   "
@@ -184,6 +246,9 @@ def main() -> None:
     parser.add_argument("--against", metavar="TREE",
                         help="also run another source tree's code and print the ratios")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tree with --against")
+    parser.add_argument("--count-flops", action="store_true",
+                        help="count each phase's matrix-product FLOPs and print the floor they "
+                             "set at the machine's peak product rate (slow; no times)")
     parser.add_argument("--json", help=argparse.SUPPRESS)   # child processes of --against
     args = parser.parse_args()
     sizes = ("cifar100", "imagenet_r") if args.size == "both" else (args.size,)
@@ -193,8 +258,8 @@ def main() -> None:
         return
     threads = args.threads if args.threads == "auto" else int(args.threads)
     print(header())
-    figures = {size: bench(size, args.epochs, args.finetune_epochs, args.top, args.scale, threads)
-               for size in sizes}
+    figures = {size: bench(size, args.epochs, args.finetune_epochs, args.top, args.scale, threads,
+                           args.count_flops) for size in sizes}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh)
