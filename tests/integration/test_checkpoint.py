@@ -2,8 +2,6 @@
 checkpoints are refused with one line and nothing in them runs."""
 import json
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -164,15 +162,15 @@ def plant(path, marker, kind):
 
 
 @pytest.mark.parametrize("kind", ["pickle", "torch_zip"])
-def test_a_planted_checkpoint_is_refused_with_one_line_and_its_code_does_not_run(tmp_path, kind):
+def test_a_planted_checkpoint_is_refused_with_one_line_and_its_code_does_not_run(tmp_path, kind,
+                                                                                capsys):
     run_dir, marker = tmp_path / "D", tmp_path / "marker"
     run_dir.mkdir()
     plant(run_dir / "checkpoint.pkl", marker, kind)
-    proc = subprocess.run([sys.executable, "-m", "clap4cl.cli", "run", "--quiet", "--output",
-                           str(run_dir), *CLI_ARGS], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert main(["run", "--quiet", "--output", str(run_dir), *CLI_ARGS]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
     assert "is not a clap4cl checkpoint" in lines[0] and "checkpoint.pkl" in lines[0]
     assert not marker.exists()
     assert not (run_dir / "results.json").exists()
