@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import sharded_extract_helper as helper  # pytest puts tests/ on sys.path
+from clap4cl.cli import main
 from clap4cl.distributed import shard_range
 from clap4cl.features import sharding
 from clap4cl.features.cache import TRAIN_VIEWS, FeatureCache, Shard
@@ -35,11 +36,6 @@ def torchrun(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", *args], capture_output=True, text=True,
                           env=env or _env(), cwd=cwd, timeout=300)
-
-
-def single(*args, cwd=None):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(),
-                          cwd=cwd, timeout=300)
 
 
 @contextlib.contextmanager
@@ -61,12 +57,13 @@ def reports(directory: Path) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("rank*.json"))}
 
 
-def test_torchrun_extract_writes_the_single_process_cache(tmp_path):
+def test_torchrun_extract_writes_the_single_process_cache(tmp_path, monkeypatch):
     sharded, alone = tmp_path / "sharded", tmp_path / "alone"
     run = torchrun("-m", "clap4cl", "extract", "--set", f"cache.dir={sharded}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    ref = single("-m", "clap4cl", "extract", "--set", f"cache.dir={alone}", cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
+    monkeypatch.chdir(tmp_path)
+    with one_thread():
+        assert main(["extract", "--quiet", "--set", f"cache.dir={alone}"]) == 0
 
     got, want = files(sharded / "features"), files(alone / "features")
     assert sorted(got) == sorted(want)

@@ -2,12 +2,13 @@
 
 Every fenced code block in README.md and docs/*.md whose preceding line is
 ``<!-- runnable -->`` is executed: Python blocks with ``exec`` in a fresh namespace,
-shell blocks line by line, each line a ``clap4cl ...`` command run as
-``python -m clap4cl ...``; both in a temporary working directory, offline.
+shell blocks line by line, each line a ``clap4cl ...`` command run through
+``clap4cl.cli.main`` (the console script's entry point) in this process; both in a
+temporary working directory, offline. ``python -m clap4cl`` as a process runs in the
+torchrun tests, the installed ``clap4cl`` script in a fresh install's first run.
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from clap4cl.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -80,7 +83,7 @@ def test_every_python_block_is_runnable_and_the_main_uses_are_covered():
 
 @pytest.mark.parametrize("path,line,lang,code",
                          [pytest.param(*b, id=f"{b[0].name}:{b[1]}") for b in ALL_BLOCKS])
-def test_runnable_block(path, line, lang, code, tmp_path, monkeypatch):
+def test_runnable_block(path, line, lang, code, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CLAP4CL_CACHE", str(tmp_path / "cache"))
     if lang == "python":
@@ -91,14 +94,10 @@ def test_runnable_block(path, line, lang, code, tmp_path, monkeypatch):
         return
     commands = shell_commands(code)
     assert commands, f"{path.name}:{line}: empty shell block"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               CLAP4CL_CACHE=str(tmp_path / "cache"))
     for command in commands:
         argv = shlex.split(command)
         assert argv[0] == "clap4cl", f"{path.name}:{line}: only clap4cl commands run here: {command}"
-        result = subprocess.run([sys.executable, "-m", "clap4cl", *argv[1:]], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
+        assert main(argv[1:]) == 0, f"{command}\n{capsys.readouterr().err[-2000:]}"
         if "--output" in argv:
             output = tmp_path / argv[argv.index("--output") + 1]
             assert (output / "results.json").is_file(), f"{command}: no results.json"
