@@ -60,8 +60,8 @@ def test_cml_at_least_halves_the_violation_rate_without_losing_accuracy(seed):
 @pytest.mark.parametrize("seed", SEEDS[:2])
 def test_attribution_regulariser_brings_the_informative_share_to_the_target(seed):
     data = dict(b_mode="weak", sigma_a=0.8, sigma_b=2.5)
-    base, _ = train([], seed=seed, fusion="late", epochs=60, metrics=[AttributionShareMetric()], **data)
-    reg, _ = train([AttributionRegPlugin(weight=1.0)], seed=seed, fusion="late", epochs=60,
+    base, _ = train([], seed=seed, fusion="late", epochs=30, metrics=[AttributionShareMetric()], **data)
+    reg, _ = train([AttributionRegPlugin(weight=1.0)], seed=seed, fusion="late", epochs=30,
                    metrics=[AttributionShareMetric()], **data)
     assert base["AttributionShare_Stream/a"] >= 0.55                # a dominates without it
     assert abs(reg["AttributionShare_Stream/a"] - 0.5) <= 0.05
