@@ -18,12 +18,9 @@ def run_cli(*args, cwd, env_cache, capsys=None):
     return code, capsys.readouterr().err if capsys is not None else ""
 
 
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    code, _ = run_cli("run", "--quiet", "--output", str(root / "run"), cwd=root,
-                      env_cache=root / "cache")
-    return code, root
+@pytest.fixture
+def default_run(default_cli_run):
+    return default_cli_run
 
 
 def test_default_run_writes_the_contract(default_run):

@@ -1,5 +1,6 @@
 """The packaged `digits` encoder of the default run: identity, separable features, learning."""
 import hashlib
+import json
 
 import numpy as np
 import open_clip
@@ -86,17 +87,19 @@ def test_text_tower_does_not_solve_digits_zero_shot():
 
 
 @pytest.fixture(scope="module")
-def default_runs(tmp_path_factory):
+def default_runs(default_cli_run, tmp_path_factory):
+    """The default run (CLAP, shared with the CLI tests) and the same config's zero-shot."""
+    code, clap_root = default_cli_run
+    assert code == 0
+    config = load_config(default_config_path())
+    assert config["backbone"]["pretrained"] == "digits" and config["dataset"]["name"] == "digits"
+    assert config["method"] == "clap"
     root = tmp_path_factory.mktemp("default_encoder")
-    results = {}
-    for method in ("clap", "zeroshot"):
-        config = load_config(default_config_path())
-        assert config["backbone"]["pretrained"] == "digits" and config["dataset"]["name"] == "digits"
-        config["method"] = method
-        config["logging"].update(progress=False, tensorboard=False)
-        config["cache"]["dir"] = str(root / "cache")
-        results[method] = run_experiment(config, root / method)
-    return results
+    config["method"] = "zeroshot"
+    config["logging"].update(progress=False, tensorboard=False)
+    config["cache"]["dir"] = str(root / "cache")
+    return {"clap": json.loads((clap_root / "run" / "results.json").read_text()),
+            "zeroshot": run_experiment(config, root / "zeroshot")}
 
 
 def test_default_run_learns_and_beats_zero_shot(default_runs):
