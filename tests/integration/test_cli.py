@@ -18,13 +18,8 @@ def run_cli(*args, cwd, env_cache, capsys=None):
     return code, capsys.readouterr().err if capsys is not None else ""
 
 
-@pytest.fixture
-def default_run(default_cli_run):
-    return default_cli_run
-
-
-def test_default_run_writes_the_contract(default_run):
-    code, root = default_run
+def test_default_run_writes_the_contract(default_cli_run):
+    code, root = default_cli_run
     assert code == 0
     results = json.loads((root / "run" / "results.json").read_text())
     assert results["method"] == "clap" and results["dataset"] == "digits"
@@ -69,8 +64,8 @@ def test_every_method_runs_from_the_cli(tmp_path, method):
         assert all(b <= a + 1e-12 for a, b in zip(col0, col0[1:]))
 
 
-def test_rerun_with_warm_cache_does_not_extract(default_run, tmp_path):
-    _, root = default_run
+def test_rerun_with_warm_cache_does_not_extract(default_cli_run, tmp_path):
+    _, root = default_cli_run
     files = sorted((root / "cache" / "features").glob("*.npy"))
     assert len(files) == 3  # train original + train flip + test original
     stamps = [f.stat().st_mtime_ns for f in files]
@@ -84,8 +79,8 @@ def test_rerun_with_warm_cache_does_not_extract(default_run, tmp_path):
     assert first["accuracy_matrix"] == second["accuracy_matrix"]
 
 
-def test_foreign_run_directory_is_refused(default_run, capsys):
-    _, root = default_run
+def test_foreign_run_directory_is_refused(default_cli_run, capsys):
+    _, root = default_cli_run
     code, err = run_cli("run", "--quiet", "--set", "run=1", "--output", str(root / "run"),
                         cwd=root, env_cache=root / "cache", capsys=capsys)
     assert code == 2
@@ -120,8 +115,8 @@ def test_unknown_command_exits_2(capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_extract_then_report(default_run, tmp_path, capsys, monkeypatch):
-    _, root = default_run
+def test_extract_then_report(default_cli_run, tmp_path, capsys, monkeypatch):
+    _, root = default_cli_run
     monkeypatch.setenv("CLAP4CL_CACHE", str(root / "cache"))
     assert main(["extract", "--quiet"]) == 0
     assert main(["report", str(root / "run")]) == 0
