@@ -48,7 +48,7 @@ from clap4cl.runner import experiment
 from clap4cl.runner import results as run_results
 from clap4cl.runner.config import load_config
 from clap4cl.runner.experiment import run_experiment
-from machine import header
+from machine import header, matmul_peak_gflops
 
 SIZES = {
     "cifar100": dict(n_classes=100, train_per_class=500, test_per_class=100,
@@ -145,25 +145,6 @@ class PhaseRecorder:
         with FlopCounterMode(display=False) as counter:
             yield
         self.flops[name] = self.flops.get(name, 0) + counter.get_total_flops()
-
-
-def matmul_peak_gflops(threads: int, rows: int = 2048, width: int = 512, ffn: int = 2048) -> float:
-    """The best of 20 fp32 products (rows, width) @ (width, ffn) at ``threads`` intra-op
-    threads, in GFLOP/s: the shape of the VGA's feed-forward layers, the run's largest."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(rows, width), torch.randn(width, ffn)
-        for _ in range(3):
-            a @ b
-        best = float("inf")
-        for _ in range(20):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return 2 * rows * width * ffn / best / 1e9
 
 
 def print_arithmetic_floor(recorder: PhaseRecorder, size: str) -> None:

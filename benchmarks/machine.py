@@ -1,4 +1,5 @@
-"""What a benchmark's figures depend on: date, machine, load, torch, threads, command.
+"""What a benchmark's figures depend on: date, machine, its product rate, load, torch,
+threads, command.
 
 Every benchmark script prints :func:`header` first, so a figure copied from its output
 carries the conditions it was measured under (docs/benchmarks.md).
@@ -9,6 +10,7 @@ import datetime
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 
@@ -40,8 +42,43 @@ def describe() -> str:
             f"{torch.get_num_threads()} intra-op threads at start{', ' + env if env else ''}")
 
 
+def matmul_peak_gflops(threads: int, rows: int = 2048, width: int = 512, ffn: int = 2048) -> float:
+    """The best of 20 fp32 products (rows, width) @ (width, ffn) at ``threads`` intra-op
+    threads, in GFLOP/s: the shape of the VGA's feed-forward layers, CLAP's largest."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(rows, width), torch.randn(width, ffn)
+        for _ in range(3):
+            a @ b
+        best = float("inf")
+        for _ in range(20):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * rows * width * ffn / best / 1e9
+
+
+def product_rate() -> str:
+    """The machine's fp32 matrix-product rate at torch's thread count, measured now:
+    hosts of the same CPU name differ and a shared host's rate varies between runs
+    (103-180 GFLOP/s in three consecutive runs on one 2-core host, docs/benchmarks.md),
+    so it is printed beside the times it may explain."""
+    import torch
+
+    threads = torch.get_num_threads()
+    return (f"fp32 product rate {matmul_peak_gflops(threads):.0f} GFLOP/s at {threads} threads "
+            f"((2048, 512) @ (512, 2048), best of 20)")
+
+
 def header() -> str:
-    """Date and time, machine, load and the command line, as printed by every benchmark."""
+    """Date and time, machine and its product rate, load and the command line, as
+    printed by every benchmark."""
     return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {describe()}\n"
             f"{load()} at start (idle means well below {cores()})\n"
+            f"{product_rate()}\n"
             f"command: python {' '.join(sys.argv)}")
