@@ -1,5 +1,4 @@
-"""Shared fixtures: one random-weight tiny backbone and one default ``clap4cl run`` per
-session, and a fresh cache root."""
+"""Shared fixtures: one random-weight tiny backbone per session and a fresh cache root."""
 from pathlib import Path
 
 import pytest
@@ -22,22 +21,6 @@ def cache_root(tmp_path):
     root = tmp_path / "cache"
     root.mkdir()
     return root
-
-
-@pytest.fixture(scope="session")
-def default_cli_run(tmp_path_factory):
-    """``clap4cl run --quiet`` with every default (digits, CLAP, the packaged tiny-vit),
-    run once per session in this process from a fresh directory: (exit code, that
-    directory), with the run in ``run/`` and its cache in ``cache/``. Read-only for
-    the tests that share it."""
-    from clap4cl.cli import main
-
-    root = tmp_path_factory.mktemp("default_run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("CLAP4CL_CACHE", str(root / "cache"))
-        code = main(["run", "--quiet", "--output", str(root / "run")])
-    return code, root
 
 
 INTEGRATION = Path(__file__).parent / "integration"
