@@ -42,9 +42,14 @@ def describe() -> str:
             f"{torch.get_num_threads()} intra-op threads at start{', ' + env if env else ''}")
 
 
-def matmul_peak_gflops(threads: int, rows: int = 2048, width: int = 512, ffn: int = 2048) -> float:
+# (rows, width, ffn) of the rate's product: the VGA's feed-forward layers, CLAP's largest.
+PRODUCT_SHAPE = (2048, 512, 2048)
+
+
+def matmul_peak_gflops(threads: int, rows: int = PRODUCT_SHAPE[0], width: int = PRODUCT_SHAPE[1],
+                       ffn: int = PRODUCT_SHAPE[2]) -> float:
     """The best of 20 fp32 products (rows, width) @ (width, ffn) at ``threads`` intra-op
-    threads, in GFLOP/s: the shape of the VGA's feed-forward layers, CLAP's largest."""
+    threads, in GFLOP/s."""
     import torch
 
     previous = torch.get_num_threads()
@@ -71,8 +76,9 @@ def product_rate() -> str:
     import torch
 
     threads = torch.get_num_threads()
+    rows, width, ffn = PRODUCT_SHAPE
     return (f"fp32 product rate {matmul_peak_gflops(threads):.0f} GFLOP/s at {threads} threads "
-            f"((2048, 512) @ (512, 2048), best of 20)")
+            f"(({rows}, {width}) @ ({width}, {ffn}), best of 20)")
 
 
 def header() -> str:
