@@ -41,6 +41,7 @@ from clap4cl.runner.config import default_config_path, load_config
 from clap4cl.errors import UserError
 from clap4cl.runner.experiment import run_experiment
 from clap4cl.features.cache import TEST_VIEWS, TRAIN_VIEWS
+from machine import header
 from scenarios.base import ImageDataset, make_fingerprint
 
 GOAL = 1.3
@@ -91,15 +92,13 @@ def bare_pass(config, load_splits):
     bb, ds = config["backbone"], config["dataset"]
     backbone = load_clip(bb["arch"], bb["pretrained"], precision=bb["precision"], device=bb["device"])
     splits = load_splits(scenarios.canonical_name(ds["name"]), ds["root"], **ds["options"])
-    pairs = [(splits.train.with_transform(backbone.preprocess_test), TRAIN_VIEWS),
-             (splits.test.with_transform(backbone.preprocess_test), TEST_VIEWS)]
     counts = (len(splits.train), len(splits.test))
     size = backbone.image_size
     with torch.no_grad():
         backbone.encode_images(torch.zeros(2, 3, size, size))  # warm-up
-        seconds, n = bare_encoder_seconds(backbone, pairs, config["cache"]["batch_size"])
-    assert n == counts[0] * len(TRAIN_VIEWS) + counts[1] * len(TEST_VIEWS)
-    del backbone, pairs
+        seconds = bare_encoder_seconds(backbone, splits, config["cache"]["batch_size"])
+    n = counts[0] * len(TRAIN_VIEWS) + counts[1] * len(TEST_VIEWS)
+    del backbone
     gc.collect()
     return seconds, counts, n * 3 * size * size * 4 / 2 ** 30
 
@@ -190,6 +189,7 @@ def main() -> None:
     if args.quick:
         args.arch = QUICK_ARCH
     torch.set_num_threads(args.threads)
+    print(header())
     load_splits = limited_splits_loader(args.limit)
     scenarios.get_dataset_splits = load_splits  # what scenarios.class_incremental calls
     profiler = cProfile.Profile() if args.profile else None

@@ -33,7 +33,7 @@ import torch
 
 import scenarios
 from clap4cl.encoders.backbones import load_clip
-from clap4cl.features.cache import FeatureCache
+from clap4cl.features.cache import TEST_VIEWS, TRAIN_VIEWS, FeatureCache
 from machine import header
 from scenarios.registry import get_dataset_splits
 
@@ -53,7 +53,7 @@ def write_generated_idx(folder: Path, n_train: int, n_test: int, seed: int = 0) 
 def bare_pipeline_seconds(backbone, splits, batch_size):
     """Decode + per-image preprocessing + encoding of every view, nothing stored."""
     start, n = time.perf_counter(), 0
-    for dataset, views in ((splits.train, ("original", "flip")), (splits.test, ("original",))):
+    for dataset, views in ((splits.train, TRAIN_VIEWS), (splits.test, TEST_VIEWS)):
         dataset = dataset.with_transform(backbone.preprocess_test)
         for first in range(0, len(dataset), batch_size):
             images = torch.stack([dataset[i][0] for i in range(first, min(first + batch_size,
@@ -68,7 +68,7 @@ def bare_pipeline_seconds(backbone, splits, batch_size):
 def bare_encoder_seconds(backbone, splits, batch_size):
     """Encoder forward passes over preprocessed tensors already in memory."""
     tensors = []
-    for dataset, views in ((splits.train, ("original", "flip")), (splits.test, ("original",))):
+    for dataset, views in ((splits.train, TRAIN_VIEWS), (splits.test, TEST_VIEWS)):
         dataset = dataset.with_transform(backbone.preprocess_test)
         images = torch.stack([dataset[i][0] for i in range(len(dataset))])
         tensors += [torch.flip(images, dims=[-1]) if v == "flip" else images for v in views]
