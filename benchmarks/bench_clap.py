@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from clap4cl import ClapModel, ClassTextFeatures
 from clap4cl.models.clap import SIGMA_FLOOR, SIGMA_SCALE
 from clap4cl.encoders.backbones import load_clip
+from machine import header
 from strategies import clap_loss
 
 BATCH = 32
@@ -119,7 +120,8 @@ def bench_heads(dim: int, context: str, repeats: int) -> None:
         model_looped = seconds_per_sample(lambda: model(features), max(1, repeats // 4))
         print(f"  {n_tasks:>11} {batched * 1e6:>14.1f} {looped * 1e6:>13.1f} {looped / batched:>8.1f}x "
               f"{model_batched * 1e6:>14.1f} {model_looped * 1e6:>13.1f} {diff:>11.1e}")
-    print("  goal: batched heads >= 3x faster at 50 experiences, identical outputs (|diff| <= 1e-5)")
+    print("  goal: identical outputs (|diff| <= 1e-5); no speed goal: at 50 experiences both are bound "
+          "by reading the weights or by arithmetic (docs/benchmarks.md)")
 
 
 def main() -> None:
@@ -134,6 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(header())
     torch.manual_seed(0)
     bench_training(args.arch, args.encoder_steps, args.cached_steps)
     bench_heads(512, args.context, args.repeats)

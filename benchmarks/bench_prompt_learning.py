@@ -33,6 +33,7 @@ from clap4cl.encoders.text_features import ClassTextFeatures
 from clap4cl.models.clap import ClapModel
 from clap4cl.models.coop import ClapCoopModel, CoOpModel
 from clap4cl.models.prompt_learner import PromptLearner
+from machine import header
 from strategies.clap import clap_loss
 
 BATCH = 32
@@ -147,7 +148,7 @@ def split(model, x, y, tasks, repeats):
 COLUMNS = ("clap", "coop", "clap_coop", "clap_coop/77", "text", "text/prefix", "text/77")
 
 
-def print_header():
+def print_table_header():
     print(f"{'tower':>9} {'C':>4} {'len':>4} " + " ".join(f"{c:>12}" for c in COLUMNS)
           + f" {'cc/text':>8} {'77/cc':>6} | {'text fwd':>9} {'rest fwd':>9} {'bwd+sgd':>9}")
 
@@ -167,10 +168,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(header())
     print(f"one training step, batch {BATCH}, M = 20, {args.threads} thread(s); best of "
           f"{args.repeats}. cc/text: clap_coop step / bare text fwd+bwd at true length "
           f"(goal <= 1.5); 77/cc: reference 77-token clap_coop / ours (goal >= 2 at C = 100)")
-    print_header()
+    print_table_header()
     for arch in args.towers:
         bench_tower(arch, args.classes, args.repeats)
 
