@@ -31,7 +31,9 @@ from clap4cl.models.modality_subsets import Subset, all_nonempty, full, policy_p
 from clap4cl.models.multimodal import as_multimodal, step_features
 
 
-def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log p (B, C) of a head's output: log-softmax of logits (B, C), or the log of the
+    mean softmax of sample logits (M, B, C)."""
     if logits.dim() == 3:
         return torch.logsumexp(torch.log_softmax(logits, -1), 0) - np.log(logits.shape[0])
     return torch.log_softmax(logits, -1)
@@ -56,14 +58,14 @@ def evaluation_subsets(model, pairs) -> List[Subset]:
 
 
 @torch.no_grad()
-def subset_log_probs(model, feats, subsets: Sequence[Subset],
+def subsetlog_probs(model, feats, subsets: Sequence[Subset],
                      generator: Optional[torch.Generator] = None) -> Dict[Subset, torch.Tensor]:
     """log p (B, C) of ``model`` for each batch-wide subset (a sampling model draws from
     ``generator``; None: the global RNG)."""
     batch = next(iter(feats.values())).shape[0]
     device = next(iter(feats.values())).device
     kwargs = {} if generator is None else {"generator": generator}
-    return {s: _log_probs(model.head(feats, torch.tensor(s, device=device).expand(batch, -1),
+    return {s: log_probs(model.head(feats, torch.tensor(s, device=device).expand(batch, -1),
                                      **kwargs))
             for s in subsets}
 
@@ -138,7 +140,7 @@ def reliability_report(model, datasets, *, batch_size: int = 256, device="cpu",
         for batch in DataLoader(ConcatDataset(list(datasets)), batch_size=batch_size,
                                 generator=torch.Generator()):
             feats = model.encode(batch[0].to(device))
-            acc.update(subset_log_probs(model, feats, subsets, generator),
+            acc.update(subsetlog_probs(model, feats, subsets, generator),
                        torch.as_tensor(batch[1]))
     finally:
         model.train(was_training)
@@ -155,7 +157,7 @@ def class_prior_probe(model, generator: Optional[torch.Generator] = None) -> Dic
         raise ValueError(f"{type(model).__name__} cannot predict without its modalities")
     feats = {"image": model.null_image[None].clone()}
     kwargs = {} if generator is None else {"generator": generator}
-    lp = _log_probs(model.head(feats, torch.zeros(1, model.n_modalities, dtype=torch.bool),
+    lp = log_probs(model.head(feats, torch.zeros(1, model.n_modalities, dtype=torch.bool),
                                **kwargs))[0]
     p = lp.exp()
     newest = model.task_of_class() == model.heads.n_tasks - 1
@@ -239,7 +241,7 @@ class ModalityReliabilityMetric(_DictMetric):
             self._subsets = evaluation_subsets(model, self._pairs)
             self._acc = ReliabilityAccumulator(model.modality_names, self._pairs, self.margin)
         feats = step_features(strategy, model)
-        self._acc.update(subset_log_probs(model, feats, self._subsets,
+        self._acc.update(subsetlog_probs(model, feats, self._subsets,
                                           getattr(strategy, "eval_generator", None)),
                          strategy.mb_y)
 

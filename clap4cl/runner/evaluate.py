@@ -1,6 +1,7 @@
 """The evaluation protocol after each training step: accuracy, calibration, novelty, reliability."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -10,6 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from clap4cl.evaluation import metrics, scores
 from clap4cl.models.masking import seen_class_logits
+from clap4cl.runner.reliability import SharedReliabilityPass, reliability_entry
 
 
 @torch.no_grad()
@@ -156,6 +158,7 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
     def generator(kind, index=0):
         return scores.eval_generator(seed, step, kind, index)
 
+    shared = None                            # the reliability report, shared with the evaluation
     if ev["context"] == "mixed":
         datasets = [test_stream[k].dataset.eval() for k in range(n_eval)]
         mix = dict(mix_seed=seed * 1000 + step)
@@ -168,7 +171,10 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
             predictions = [l[:, 0] for l, _ in means[: step + 1]]
     else:
         collector.start_step(seed, step)
-        strategy.eval(test_stream[: step + 1])
+        shared = SharedReliabilityPass.for_step(model, test_stream, step, config, device,
+                                                generator(scores.RELIABILITY))
+        with shared.watching() if shared else contextlib.nullcontext():
+            strategy.eval(test_stream[: step + 1])
         per_exp = [collector.logits_and_targets(k) for k in range(step + 1)]
         predictions = [collector.predictions(k) for k in range(step + 1)] if mean_only else None
         collector.outputs = {}               # the batches are concatenated: free them now
@@ -197,7 +203,7 @@ def evaluate_step(strategy, collector: LogitsCollector, benchmark, step: int, co
         out["plot_data"]["roc_external"] = roc_curves(seen_samples, ood_samples)
         out["novelty_external"] = novelty_entry(step, out["plot_data"]["roc_external"])
     out["reliability"] = reliability_entry(model, test_stream, step, config, device,
-                                           generator(scores.RELIABILITY))
+                                           generator(scores.RELIABILITY), shared=shared)
     return out
 
 
@@ -206,29 +212,6 @@ def roc_curves(id_samples: np.ndarray, ood_samples: np.ndarray):
     return {name: (scores.novelty_score(name, id_samples).numpy(),
                    scores.novelty_score(name, ood_samples).numpy())
             for name in scores.NOVELTY_SCORES}
-
-
-def reliability_entry(model, test_stream, step: int, config, device,
-                      generator: Optional[torch.Generator] = None) -> Optional[Dict[str, Any]]:
-    """VRR, per-removed-modality VRR, mean violation and per-subset accuracy on the seen
-    test data (multimodal models; CLAP only once it has a null image), plus CLAP's class
-    prior probe. A sampling model (CLAP) draws from ``generator``."""
-    from clap4cl.evaluation.modality_metrics import class_prior_probe, reliability_report
-    from clap4cl.models.multimodal import MultimodalModule
-
-    if not isinstance(model, MultimodalModule):
-        return None
-    if hasattr(model, "null_image") and not model.null_image.any():
-        return None
-    if not hasattr(model, "forward_samples"):
-        generator = None                     # deterministic: nothing to draw
-    report = reliability_report(model, [test_stream[k].dataset.eval() for k in range(step + 1)],
-                                batch_size=config["eval"]["batch_size"], device=device,
-                                pairs=config["eval"]["reliability_pairs"], generator=generator)
-    entry = {"step": step, **report}
-    if model.allow_empty:
-        entry.update(class_prior_probe(model, generator))
-    return entry
 
 
 def novelty_entry(step: int, curves) -> Dict[str, Any]:

@@ -14,9 +14,10 @@ losses it uses live beside it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +161,7 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
         self.train_context = train_context
         self.eval_context = eval_context
         self.freeze_old_heads = bool(freeze_old_heads)
+        self._per_image_observers: List[Callable] = []
         self.set_image_encoder(image_encoder)
 
     # ------------------------------------------------------------------ structure
@@ -269,11 +271,16 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
             eps = _normal((m,) + mu.shape[-2:], mu.device, generator)       # (M, C, D)
         return self._output(images, h, mu, sigma, eps)
 
-    def _output(self, images, h, mu, sigma, eps) -> ClapOutput:
+    def _output(self, images, h, mu, sigma, eps, notify: bool = False) -> ClapOutput:
+        """Logits (M, B, C) from h, μ, σ and ε; ``notify``: a chunk of a guided per-image
+        evaluation, shown to the observers of :meth:`observing_per_image` first."""
         base = self._scores(images, h + mu)                                 # (B, C)
+        if notify:
+            for observer in self._per_image_observers:
+                observer(images, base, sigma)
         if eps is None:                                  # E[s] = τ⟨x̂, h + μ⟩: ε has mean 0
             return ClapOutput(base[None], mu, None, None)
-        return ClapOutput(base[None] + self._noise_scores(images, sigma, eps), mu, sigma, eps.mean(0))
+        return ClapOutput(base[None] + self.noise_scores(images, sigma, eps), mu, sigma, eps.mean(0))
 
     def _sample_per_image(self, images, guidance, m, generator) -> ClapOutput:
         """Per-image evaluation without autograd (nothing random but ε, drawn once), done
@@ -285,9 +292,7 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
         enough for the CPU caches (docs/benchmarks.md, "The full protocol")."""
         n_classes, batch = self.n_seen_classes, images.shape[0]
         t = self.class_features[:n_classes]
-        eps = None
-        if self.variational and m:
-            eps = _normal((m, n_classes, self.dim), t.device, generator)    # (M, C, D)
+        eps = self.draw_eps(generator, m)                                   # (M, C, D)
         if self.vga is None or not guidance:
             out = self._output(images, t, *self.heads(t), eps)
             return _for_batch(out, batch)
@@ -295,13 +300,42 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
         if batch > 1 and images.stride(0) == 0:                            # identical rows
             return _for_batch(self._output(images[:1], *self._refined_heads(t, attend, images[:1]),
                                           eps), batch)
-        outputs = [self._output(chunk, *self._refined_heads(t, attend, chunk), eps)
+        outputs = [self._output(chunk, *self._refined_heads(t, attend, chunk), eps, notify=True)
                    for chunk in images.split(max(1, EVAL_CHUNK_PAIRS // n_classes))]
         if len(outputs) == 1:
             return outputs[0]
         sigma = None if eps is None else torch.cat([o.sigma for o in outputs])
         return ClapOutput(torch.cat([o.logits for o in outputs], 1),
                           torch.cat([o.mu for o in outputs]), sigma, outputs[0].eps_mean)
+
+    @contextlib.contextmanager
+    def observing_per_image(self, observer: Callable[[torch.Tensor, torch.Tensor,
+                                                      Optional[torch.Tensor]], None]):
+        """Within the block, every chunk of images that a guided per-image evaluation
+        computes is passed to ``observer(images (B, D), base (B, C), sigma (B, C, D) or
+        None)``, with base = τ⟨x̂, h + μ⟩: enough to form the chunk's sample logits
+        base + :meth:`noise_scores` for any other ε, without the VGA and heads again
+        (the experiment runner's reliability report shares the evaluation pass this way)."""
+        self._per_image_observers.append(observer)
+        try:
+            yield
+        finally:
+            self._per_image_observers.remove(observer)
+
+    def draw_eps(self, generator: Optional[torch.Generator] = None,
+                 n_samples: Optional[int] = None) -> Optional[torch.Tensor]:
+        """The ε (M, C_seen, D) per-image evaluation draws from ``generator`` (None: the
+        global RNG) for M = ``n_samples`` (None: ``mc_samples``); None when nothing is
+        drawn (deterministic heads, or M = 0)."""
+        m = self.mc_samples if n_samples is None else int(n_samples)
+        if not (self.variational and m):
+            return None
+        return _normal((m, self.n_seen_classes, self.dim), self.class_features.device, generator)
+
+    @staticmethod
+    def log_predictive(logits: torch.Tensor) -> torch.Tensor:
+        """log of the mean over the M samples of softmax, (B, C), of logits (M, B, C)."""
+        return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
 
     def _refined_heads(self, t, attend, images):
         """(h, μ, σ) per image of ``images`` with h = t + VGA."""
@@ -313,9 +347,7 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
         """log of the mean over M samples of softmax (B, C_seen), or the raw (M, B, C_seen)
         logits, over the seen classes (the toolkit's modality metrics and plugins use it)."""
         logits = self.sample(feats["image"], present, generator=generator).logits
-        if mc_samples:
-            return logits
-        return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
+        return logits if mc_samples else self.log_predictive(logits)
 
     def embed(self, feats, present: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The mean-over-samples logits (B, C): the image side is frozen, so only the
@@ -375,7 +407,7 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
         logits = self._scores(images, h + mu)
         if sigma is not None:
             eps_mean = _normal(mu.shape[-2:], mu.device, generator) / math.sqrt(self.mc_samples)
-            logits = logits + self._noise_scores(images, sigma, eps_mean[None])[0]
+            logits = logits + self.noise_scores(images, sigma, eps_mean[None])[0]
         return logits
 
     def _scores(self, images, weights):
@@ -384,8 +416,9 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
             return self.logit_scale * images @ weights.T
         return self.logit_scale * torch.einsum("bd,bcd->bc", images, weights)
 
-    def _noise_scores(self, images, sigma, eps):
-        """τ⟨x̂_b, σ_c ⊙ ε_c^(m)⟩, (M, B, C), without forming (M, B, C, D)."""
+    def noise_scores(self, images: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """τ⟨x̂_b, σ_c ⊙ ε_c^(m)⟩ (M, B, C) of images (B, D), σ (C, D) or per image
+        (B, C, D) and ε (M, C, D), without forming (M, B, C, D)."""
         if sigma.dim() == 2:
             return self.logit_scale * torch.einsum("bd,mcd->mbc", images, sigma[None] * eps)
         return self.logit_scale * torch.einsum("bcd,mcd->mbc", images[:, None, :] * sigma, eps)
