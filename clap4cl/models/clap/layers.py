@@ -220,7 +220,8 @@ class GaussianTaskHeads(nn.Module):
 
         Stacking every head for autograd copies T·D² values per step and its backward
         computes a weight gradient for every head; the frozen runs instead use a stack
-        cached until a parameter changes (same layout, so the same products).
+        cached until a parameter changes (same layout, so the same products); a single
+        training head (the newest, in CLAP's main phase) is not copied at all.
         """
         if not torch.is_grad_enabled():
             return None
@@ -231,7 +232,9 @@ class GaussianTaskHeads(nn.Module):
         for k in range(1, len(trains) + 1):
             if k < len(trains) and trains[k] == trains[start]:
                 continue
-            if trains[start]:
+            if trains[start] and k - start == 1:      # a view, laid out as the stack would be
+                w_t, b = weights[start].T[None], biases[start][None]
+            elif trains[start]:
                 w_t = torch.stack(list(weights[start:k])).transpose(-1, -2)
                 b = torch.stack(list(biases[start:k]))
             else:
