@@ -471,3 +471,26 @@ def test_per_image_evaluation_in_chunks_equals_the_whole_batch(monkeypatch, vari
     assert torch.allclose(chunked.mu, whole.mu, atol=1e-6)
     for a, b in ((chunked.sigma, whole.sigma), (chunked.eps_mean, whole.eps_mean)):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
+
+
+def test_per_image_observers_see_every_chunk_with_what_forms_its_logits(monkeypatch):
+    """An observer of a guided per-image evaluation gets each chunk's images, base logits
+    τ⟨x̂, h + μ⟩ and σ: with the same ε, base + noise_scores rebuilds the logits."""
+    import clap4cl.models.clap.model as clap_model
+
+    model = grown_model(eval_context="per_image", mc_samples=4)
+    monkeypatch.setattr(clap_model, "EVAL_CHUNK_PAIRS", 2 * model.n_seen_classes)
+    x = F.normalize(torch.randn(7, DIM), dim=-1)
+    seen = []
+    with torch.no_grad():
+        with model.observing_per_image(lambda *chunk: seen.append(chunk)):
+            out = model.sample(x, generator=torch.Generator().manual_seed(5))
+        model.sample(x)                                                # no longer observed
+    assert [len(images) for images, _, _ in seen] == [2, 2, 2, 1]
+    assert torch.equal(torch.cat([images for images, _, _ in seen]), x)
+    eps = model.draw_eps(torch.Generator().manual_seed(5))
+    rebuilt = torch.cat([base[None] + model.noise_scores(images, sigma, eps)
+                         for images, base, sigma in seen], 1)
+    assert torch.allclose(rebuilt, out.logits, atol=1e-6)
+    assert torch.allclose(model.log_predictive(out.logits),
+                          model.head({"image": x}, generator=torch.Generator().manual_seed(5)))
