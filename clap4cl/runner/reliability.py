@@ -78,10 +78,11 @@ class SharedReliabilityPass:
     def __init__(self, model, datasets, *, batch_size: int, pairs: str,
                  generator: torch.Generator, device="cpu"):
         self.model, self.batch_size, self.generator = model, int(batch_size), generator
-        self.subsets = evaluation_subsets(model, metric_pairs(model, pairs))
+        chosen = metric_pairs(model, pairs)
+        self.subsets = evaluation_subsets(model, chosen)
         if self.subsets[0] != full(model.n_modalities):
             raise ValueError("the reliability report scores the full model first")
-        self.accumulator = ReliabilityAccumulator(model.modality_names, metric_pairs(model, pairs))
+        self.accumulator = ReliabilityAccumulator(model.modality_names, chosen)
         with torch.no_grad():
             rows = [(model.encode(x.to(device))["image"], torch.as_tensor(y))
                     for x, y, *_ in DataLoader(ConcatDataset(list(datasets)), batch_size=batch_size,
