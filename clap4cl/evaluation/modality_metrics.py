@@ -58,7 +58,7 @@ def evaluation_subsets(model, pairs) -> List[Subset]:
 
 
 @torch.no_grad()
-def subsetlog_probs(model, feats, subsets: Sequence[Subset],
+def subset_log_probs(model, feats, subsets: Sequence[Subset],
                      generator: Optional[torch.Generator] = None) -> Dict[Subset, torch.Tensor]:
     """log p (B, C) of ``model`` for each batch-wide subset (a sampling model draws from
     ``generator``; None: the global RNG)."""
@@ -66,7 +66,7 @@ def subsetlog_probs(model, feats, subsets: Sequence[Subset],
     device = next(iter(feats.values())).device
     kwargs = {} if generator is None else {"generator": generator}
     return {s: log_probs(model.head(feats, torch.tensor(s, device=device).expand(batch, -1),
-                                     **kwargs))
+                                    **kwargs))
             for s in subsets}
 
 
@@ -140,7 +140,7 @@ def reliability_report(model, datasets, *, batch_size: int = 256, device="cpu",
         for batch in DataLoader(ConcatDataset(list(datasets)), batch_size=batch_size,
                                 generator=torch.Generator()):
             feats = model.encode(batch[0].to(device))
-            acc.update(subsetlog_probs(model, feats, subsets, generator),
+            acc.update(subset_log_probs(model, feats, subsets, generator),
                        torch.as_tensor(batch[1]))
     finally:
         model.train(was_training)
@@ -158,7 +158,7 @@ def class_prior_probe(model, generator: Optional[torch.Generator] = None) -> Dic
     feats = {"image": model.null_image[None].clone()}
     kwargs = {} if generator is None else {"generator": generator}
     lp = log_probs(model.head(feats, torch.zeros(1, model.n_modalities, dtype=torch.bool),
-                               **kwargs))[0]
+                              **kwargs))[0]
     p = lp.exp()
     newest = model.task_of_class() == model.heads.n_tasks - 1
     return {"PriorEntropy": float(-(p * lp).sum()), "PriorTopClass": float(p.argmax()),
@@ -241,7 +241,7 @@ class ModalityReliabilityMetric(_DictMetric):
             self._subsets = evaluation_subsets(model, self._pairs)
             self._acc = ReliabilityAccumulator(model.modality_names, self._pairs, self.margin)
         feats = step_features(strategy, model)
-        self._acc.update(subsetlog_probs(model, feats, self._subsets,
+        self._acc.update(subset_log_probs(model, feats, self._subsets,
                                           getattr(strategy, "eval_generator", None)),
                          strategy.mb_y)
 
