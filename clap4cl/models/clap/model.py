@@ -266,10 +266,7 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
             return self._sample_per_image(images, guidance, m, generator)
         h = self.refined_text(images, context, guidance)
         mu, sigma = self.heads(h)
-        eps = None
-        if sigma is not None and m:
-            eps = _normal((m,) + mu.shape[-2:], mu.device, generator)       # (M, C, D)
-        return self._output(images, h, mu, sigma, eps)
+        return self._output(images, h, mu, sigma, self.draw_eps(generator, m))
 
     def _output(self, images, h, mu, sigma, eps, notify: bool = False) -> ClapOutput:
         """Logits (M, B, C) from h, μ, σ and ε; ``notify``: a chunk of a guided per-image
@@ -324,9 +321,9 @@ class ClapModel(MaskedLogitsMixin, FrozenImageEncoderMixin, MultimodalModule, Dy
 
     def draw_eps(self, generator: Optional[torch.Generator] = None,
                  n_samples: Optional[int] = None) -> Optional[torch.Tensor]:
-        """The ε (M, C_seen, D) per-image evaluation draws from ``generator`` (None: the
-        global RNG) for M = ``n_samples`` (None: ``mc_samples``); None when nothing is
-        drawn (deterministic heads, or M = 0)."""
+        """The ε (M, C_seen, D) a sampling pass draws from ``generator`` (None: the global
+        RNG) for M = ``n_samples`` (None: ``mc_samples``); None when nothing is drawn
+        (deterministic heads, or M = 0)."""
         m = self.mc_samples if n_samples is None else int(n_samples)
         if not (self.variational and m):
             return None
