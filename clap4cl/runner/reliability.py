@@ -24,12 +24,11 @@ from clap4cl.evaluation.modality_metrics import (ReliabilityAccumulator, class_p
                                                  evaluation_subsets, log_probs, metric_pairs,
                                                  reliability_report)
 from clap4cl.models.modality_subsets import full
+from clap4cl.models.multimodal import MultimodalModule
 
 
 def reliability_applies(model) -> bool:
     """Multimodal models, CLAP only once it has a null image."""
-    from clap4cl.models.multimodal import MultimodalModule
-
     if not isinstance(model, MultimodalModule):
         return False
     return not (hasattr(model, "null_image") and not model.null_image.any())
@@ -97,9 +96,11 @@ class SharedReliabilityPass:
     @classmethod
     def for_step(cls, model, test_stream, step: int, config, device,
                  generator: torch.Generator) -> Optional["SharedReliabilityPass"]:
-        """A pass for CLAP with the ``per_image`` context whose reliability is reported, else None."""
+        """A pass for CLAP with the VGA and the ``per_image`` context whose reliability is
+        reported, else None (without the VGA no chunk is evaluated per image, so a pass
+        would only load the seen test data to fall back)."""
         if (config["eval"]["context"] != "per_image" or not hasattr(model, "observing_per_image")
-                or not reliability_applies(model)):
+                or model.vga is None or not reliability_applies(model)):
             return None
         return cls(model, seen_test_data(test_stream, step), batch_size=config["eval"]["batch_size"],
                    pairs=config["eval"]["reliability_pairs"], generator=generator, device=device)
